@@ -1,0 +1,37 @@
+"""lavis-mmict: MMICT and AIM multi-modal in-context learning for Salesforce LAVIS.
+
+Importing this package registers its models, dataset builders, tasks and runners in
+LAVIS's registry, so LAVIS's config system and runner can build them by name.
+"""
+import os
+
+# LAVIS must be imported first: it sets up the registry paths our modules rely on.
+import lavis  # noqa: F401
+
+from lavis_mmict import compat  # noqa: F401  (CPU-safe fixes to LAVIS internals)
+from lavis_mmict import datasets, models, runners, tasks  # noqa: F401
+
+PACKAGE_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_model(name, model_type=None, is_eval=False, device="cpu", checkpoint=None):
+    """Build a registered model by name, like ``lavis.models.load_model``.
+
+    ``model_type`` defaults to the model's ``default_model_type`` (``tiny`` for our models, the only
+    type that needs no downloaded weights). ``checkpoint`` is a path to a checkpoint written by our
+    runners (trainable parameters only) loaded on top of the type's weights.
+    """
+    from lavis.common.registry import registry
+
+    model_cls = registry.get_model_class(name)
+    if model_cls is None:
+        known = sorted(registry.mapping["model_name_mapping"])
+        raise ValueError(f"Unknown model {name!r}; registered models: {known}")
+    model = model_cls.from_pretrained(model_type=model_type or model_cls.default_model_type)
+    if checkpoint is not None:
+        model.load_trainable_checkpoint(checkpoint)
+    if is_eval:
+        model.eval()
+    if str(device) == "cpu":
+        model = model.float()
+    return model.to(device)

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lavis-mmict",
+    version="0.1.0",
+    description="MMICT and AIM multi-modal in-context learning for Salesforce LAVIS",
+    packages=find_packages(include=["lavis_mmict", "lavis_mmict.*"]),
+    package_data={"lavis_mmict": ["configs/**/*.yaml", "assets/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.9",
+    install_requires=[
+        "salesforce-lavis==1.0.2",
+        # LAVIS 1.0.2 pins opencv-python-headless 4.5.5, which is built against numpy 1.
+        "numpy<2",
+        # pandas 3.1 requires numpy 2.
+        "pandas<3.1",
+        "transformers>=4.25,<4.27",
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+)
