@@ -1,1 +1,521 @@
-"""Filled in by the skeleton work."""
+"""Registered runners: LAVIS's epoch- and iteration-based runners, on CUDA (nccl) and CPU (gloo).
+
+- ``icl_runner_base``: subclass of ``lavis.runners.runner_base.RunnerBase`` (epochs, ``max_epoch``).
+- ``icl_runner_iter``: subclass of ``lavis.runners.runner_iter.RunnerIter`` (``max_iters``,
+  ``iters_per_inner_epoch``; use it for webdataset pipelines, which have no ``len()``).
+
+Both share :class:`DeviceAwareRunnerMixin`; on CUDA they behave like LAVIS's runners.
+
+The eight CUDA-only places of LAVIS 1.0.2 (see LAVIS-1.0.2-NOTES.md) and how each is handled:
+
+1. ``dist_utils.init_distributed_mode`` (``torch.cuda.set_device`` + nccl, 365-day timeout):
+   replaced by :func:`lavis_mmict.dist.init_distributed`, called by ``train.py``/``evaluate.py``:
+   nccl on CUDA, gloo on CPU, ``run.dist_timeout_s`` (default 30 min), cuda->cpu fallback.
+2. ``RunnerBase.model`` returns None when the model stays on CPU: :attr:`model` moves and wraps
+   once, whatever the device.
+3. ``DDP(device_ids=[gpu])``: ``device_ids=None`` on CPU; ``find_unused_parameters`` from
+   ``run.find_unused_parameters`` (default false).
+4. ``torch.cuda.amp.GradScaler``: :attr:`scaler` exists only when ``run.amp`` and CUDA.
+5. ``eval_epoch`` omits ``cuda_enabled`` (``BaseTask.evaluation`` then moves batches to CUDA):
+   :meth:`eval_epoch` passes ``cuda_enabled=self.cuda_enabled``.
+6. ``PrefetchLoader`` (creates a ``torch.cuda.Stream``) around every loader: :meth:`create_loaders`
+   uses it on CUDA only.
+7. ``SmoothedValue.synchronize_between_processes`` all-reduces a CUDA tensor: replaced with a
+   backend-aware version in :mod:`lavis_mmict.compat`.
+8. ``train()`` calls ``dist.barrier()`` even with one process: ``init_distributed`` creates a
+   world-size-1 gloo group for plain ``python train.py`` (``run.distributed`` stays False).
+
+Other fixes over LAVIS's runners:
+
+- Checkpoints hold only the trainable parameters (LAVIS's ``RunnerIter`` saved everything), plus
+  optimizer, scaler, config and ``epoch``/``iters``; written atomically (temp file + ``os.replace``).
+- Loading uses ``torch.load(weights_only=True)``; the model is loaded non-strictly after checking
+  that only frozen parameters/buffers are missing and nothing is unexpected (LAVIS's resume loaded
+  strictly and so could not read its own checkpoints).
+- Resume restores the start epoch (or iteration: LAVIS's ``RunnerIter`` restarted one iteration
+  late) and the train loader's epoch, so samplers reshuffle as in an uninterrupted run.
+  ``run.resume_ckpt_path: auto`` resumes from the newest ``checkpoint_*.pth`` under
+  ``<run.output_dir>/*/``, if any.
+- A relative ``run.output_dir`` is relative to the current directory (LAVIS: to its install dir).
+- Train loaders are infinite epoch-aware iterators (:class:`EpochAwareLoader`) without LAVIS's
+  2-second sleep per epoch; they call ``set_epoch`` on the sampler and on datasets that have it.
+- ``run.evaluate`` defaults to false; a missing ``checkpoint_best.pth`` at test time (no validation
+  score ever improved) evaluates the current weights with a warning instead of crashing.
+
+Run config keys read here (beyond LAVIS's own): ``find_unused_parameters``, ``seed`` (sampler
+seed), ``resume_ckpt_path`` (path, URL or ``auto``), ``amp``, ``evaluate``, ``device``.
+"""
+import glob
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from lavis.common.dist_utils import (
+    download_cached_file,
+    get_rank,
+    get_world_size,
+    main_process,
+)
+from lavis.common.registry import registry
+from lavis.common.utils import is_url
+from lavis.datasets.datasets.dataloader_utils import MultiIterLoader, PrefetchLoader
+from lavis.runners.runner_base import RunnerBase
+from lavis.runners.runner_iter import RunnerIter
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data.dataset import ChainDataset
+
+from lavis_mmict.dist import _resolve_device
+
+__all__ = [
+    "CheckpointError",
+    "DeviceAwareRunnerMixin",
+    "EpochAwareLoader",
+    "IclRunnerBase",
+    "IclRunnerIter",
+    "atomic_torch_save",
+    "find_latest_checkpoint",
+    "load_trainable_state_dict",
+    "read_checkpoint",
+    "trainable_state_dict",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read safely or does not fit the model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _trainable_names(model):
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+
+
+def trainable_state_dict(model):
+    """``model.state_dict()`` restricted to parameters with ``requires_grad`` (no buffers)."""
+    trainable = _trainable_names(model)
+    return {k: v for k, v in model.state_dict().items() if k in trainable}
+
+
+def load_trainable_state_dict(model, state_dict, source="<state_dict>"):
+    """Load a trainable-parameters checkpoint into ``model``, checked before anything is changed.
+
+    Missing keys are fine only for frozen parameters and buffers (they come from the model's own
+    initialisation); any missing trainable parameter or unexpected key raises :class:`CheckpointError`
+    naming ``source`` and the keys.
+    """
+    model_keys = set(model.state_dict().keys())
+    ckpt_keys = set(state_dict.keys())
+    unexpected = sorted(ckpt_keys - model_keys)
+    missing_trainable = sorted((_trainable_names(model) & model_keys) - ckpt_keys)
+    if unexpected or missing_trainable:
+        problems = []
+        if unexpected:
+            problems.append(f"unexpected keys (not in the model): {_short_list(unexpected)}")
+        if missing_trainable:
+            problems.append(f"trainable parameters missing: {_short_list(missing_trainable)}")
+        raise CheckpointError(
+            f"Checkpoint {source} does not fit the model: " + "; ".join(problems)
+            + ". Was it written for a different model configuration?"
+        )
+    model.load_state_dict(state_dict, strict=False)
+    return model
+
+
+def _short_list(keys, limit=10):
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{', ... (%d more)' % (len(keys) - limit) if len(keys) > limit else ''}]"
+
+
+def read_checkpoint(url_or_filename, map_location="cpu"):
+    """Read a runner checkpoint with ``torch.load(weights_only=True)`` (tensors and plain data only)."""
+    if is_url(url_or_filename):
+        path = download_cached_file(url_or_filename, check_hash=False, progress=True)
+    elif os.path.isfile(url_or_filename):
+        path = url_or_filename
+    else:
+        raise FileNotFoundError(f"Checkpoint not found: {url_or_filename}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Refusing to load checkpoint {path}: it holds objects other than tensors and plain "
+            f"containers, which torch.load(weights_only=True) does not execute. ({err})"
+        ) from err
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise CheckpointError(f"{path} is not a runner checkpoint (no 'model' entry).")
+    return checkpoint
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to a temp file in the same folder, then ``os.replace``: never a partial file."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp_path = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp_path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def find_latest_checkpoint(output_root):
+    """The most recently written ``checkpoint_*.pth`` in ``<output_root>/*/``, or None."""
+    candidates = glob.glob(os.path.join(os.fspath(output_root), "*", "checkpoint_*.pth"))
+    return max(candidates, key=os.path.getmtime) if candidates else None
+
+
+# ---------------------------------------------------------------------------------------------
+# data loading
+
+
+def _set_dataset_epoch(dataset, epoch):
+    """Call ``set_epoch`` on a dataset, or on each sub-dataset of a concatenation that lacks it."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    else:
+        for sub_dataset in getattr(dataset, "datasets", ()):
+            _set_dataset_epoch(sub_dataset, epoch)
+
+
+class EpochAwareLoader:
+    """An infinite iterator over a ``DataLoader`` that counts epochs.
+
+    At the start of each epoch ``e`` (before its iterator, and so its workers, is created) it calls
+    ``sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` where they exist: distributed samplers
+    reshuffle and demonstration datasets resample per epoch. ``len()`` is batches per epoch.
+
+    Args:
+        loader: what to iterate (a ``DataLoader``, or a ``PrefetchLoader`` around it).
+        dataloader: the underlying ``DataLoader`` (defaults to ``loader``).
+    """
+
+    def __init__(self, loader, dataloader=None, epoch=0):
+        self._loader = loader
+        self._dataloader = dataloader if dataloader is not None else loader
+        self._epoch = epoch
+        self._iterator = None
+
+    @property
+    def epoch(self):
+        return self._epoch
+
+    def set_epoch(self, epoch):
+        """Start over at the beginning of ``epoch`` (used on resume)."""
+        self._epoch = int(epoch)
+        self._iterator = None
+
+    def _start_epoch(self):
+        sampler = getattr(self._dataloader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self._epoch)
+        _set_dataset_epoch(self._dataloader.dataset, self._epoch)
+        self._iterator = iter(self._loader)
+
+    def __next__(self):
+        if self._iterator is None:
+            self._start_epoch()
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            pass
+        self._epoch += 1
+        self._start_epoch()
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            raise RuntimeError(
+                "The training loader yields no batches: the training split has fewer samples per "
+                "process than run.batch_size_train (the last incomplete batch is dropped)."
+            ) from None
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self._dataloader)
+
+
+# ---------------------------------------------------------------------------------------------
+# runners
+
+
+class DeviceAwareRunnerMixin:
+    """Overrides shared by :class:`IclRunnerBase` and :class:`IclRunnerIter` (put it first in the bases)."""
+
+    #: key of the training progress in checkpoints: "epoch" or "iters"
+    checkpoint_progress_key = "epoch"
+
+    # --- settings ------------------------------------------------------------------------------
+
+    @property
+    def device(self):
+        if self._device is None:
+            self._device = torch.device(_resolve_device(self.config.run_cfg))
+        return self._device
+
+    @property
+    def use_distributed(self):
+        return bool(self.config.run_cfg.get("distributed", False))
+
+    @property
+    def evaluate_only(self):
+        return bool(self.config.run_cfg.get("evaluate", False))
+
+    @property
+    def find_unused_parameters(self):
+        return bool(self.config.run_cfg.get("find_unused_parameters", False))
+
+    @property
+    def seed(self):
+        return int(self.config.run_cfg.get("seed", 0))
+
+    @property
+    def output_root(self):
+        """``run.output_dir`` as an absolute path; relative means relative to the current directory."""
+        return Path(self.config.run_cfg.output_dir).expanduser().absolute()
+
+    @property
+    def resume_ckpt_path(self):
+        path = self.config.run_cfg.get("resume_ckpt_path", None)
+        if path != "auto":
+            return path
+        latest = find_latest_checkpoint(self.output_root)
+        if latest is None:
+            logging.info("resume_ckpt_path=auto: no checkpoint under %s, starting fresh.", self.output_root)
+        return latest
+
+    # --- model, optimisation -------------------------------------------------------------------
+
+    @property
+    def model(self):
+        """The model on ``self.device``, DDP-wrapped when distributed (on CUDA and on CPU)."""
+        if self._wrapped_model is None:
+            self._model = self._model.to(self.device)
+            if self.use_distributed:
+                on_cuda = self.device.type == "cuda"
+                self._wrapped_model = DDP(
+                    self._model,
+                    device_ids=[self.config.run_cfg.gpu] if on_cuda else None,
+                    find_unused_parameters=self.find_unused_parameters,
+                )
+            else:
+                self._wrapped_model = self._model
+        return self._wrapped_model
+
+    @property
+    def scaler(self):
+        """A GradScaler when ``run.amp`` is on and training runs on CUDA; None otherwise."""
+        if self._scaler is None and self.config.run_cfg.get("amp", False):
+            if self.cuda_enabled:
+                self._scaler = torch.amp.GradScaler("cuda")
+            elif not getattr(self, "_warned_amp_on_cpu", False):
+                logging.warning("run.amp is ignored on CPU (LAVIS's mixed precision is CUDA-only).")
+                self._warned_amp_on_cpu = True
+        return self._scaler
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
+        """Evaluate on ``split_name``; as LAVIS's, but batches stay on the runner's device."""
+        data_loader = self.dataloaders.get(split_name, None)
+        if not data_loader:
+            raise KeyError(
+                f"No data loader for split {split_name!r}; splits: {sorted(self.dataloaders)}"
+            )
+        model = self.unwrap_dist_model(self.model)
+        if not skip_reload and cur_epoch == "best":
+            model = self._reload_best_model(model)
+        model.eval()
+
+        self.task.before_evaluation(model=model, dataset=self.datasets[split_name])
+        results = self.task.evaluation(model, data_loader, cuda_enabled=self.cuda_enabled)
+        if results is None:
+            return None
+        return self.task.after_evaluation(
+            val_result=results, split_name=split_name, epoch=cur_epoch
+        )
+
+    # --- data ----------------------------------------------------------------------------------
+
+    def create_loaders(
+        self, datasets, num_workers, batch_sizes, is_trains, collate_fns, dataset_ratios=None
+    ):
+        """One loader per split; a tuple of train datasets is sampled with LAVIS's MultiIterLoader."""
+        loaders = []
+        for dataset, batch_size, is_train, collate_fn in zip(
+            datasets, batch_sizes, is_trains, collate_fns
+        ):
+            if isinstance(dataset, (list, tuple)):
+                loader = MultiIterLoader(
+                    loaders=[
+                        self._create_loader(d, num_workers, batch_size, is_train, collate_fn[i])
+                        for i, d in enumerate(dataset)
+                    ],
+                    ratios=dataset_ratios,
+                )
+            else:
+                loader = self._create_loader(dataset, num_workers, batch_size, is_train, collate_fn)
+            loaders.append(loader)
+        return loaders
+
+    def _create_loader(self, dataset, num_workers, batch_size, is_train, collate_fn):
+        pin_memory = self.cuda_enabled
+        if isinstance(dataset, (ChainDataset, wds.DataPipeline)):
+            # webdataset pipelines shard, shuffle and batch themselves (as in LAVIS)
+            return iter(
+                DataLoader(
+                    dataset,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    pin_memory=pin_memory,
+                    persistent_workers=False,
+                )
+            )
+
+        sampler = None
+        if self.use_distributed and (is_train or self.use_dist_eval_sampler):
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=get_world_size(),
+                rank=get_rank(),
+                shuffle=is_train,
+                seed=self.seed,
+            )
+        dataloader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            sampler=sampler,
+            shuffle=sampler is None and is_train,
+            collate_fn=collate_fn,
+            drop_last=is_train,
+            persistent_workers=False,
+        )
+        # PrefetchLoader overlaps host-to-GPU copies on a CUDA stream; nothing to overlap on CPU.
+        loader = PrefetchLoader(dataloader) if self.cuda_enabled else dataloader
+        if is_train:
+            loader = EpochAwareLoader(loader, dataloader=dataloader)
+        return loader
+
+    def _train_epoch_loaders(self):
+        """The :class:`EpochAwareLoader` objects feeding training (several with dataset ratios)."""
+        if "train" not in self.dataloaders:
+            return []
+        loader = self.dataloaders["train"]
+        loaders = getattr(loader, "loaders", [loader])
+        return [l for l in loaders if isinstance(l, EpochAwareLoader)]
+
+    # --- output, checkpoints -------------------------------------------------------------------
+
+    def setup_output_dir(self):
+        output_dir = self.output_root / self.job_id
+        result_dir = output_dir / "result"
+        output_dir.mkdir(parents=True, exist_ok=True)
+        result_dir.mkdir(parents=True, exist_ok=True)
+
+        registry.register_path("result_dir", str(result_dir))
+        registry.register_path("output_dir", str(output_dir))
+
+        self.result_dir = result_dir
+        self.output_dir = output_dir
+
+    @main_process
+    def _save_checkpoint(self, progress, is_best=False):
+        """Save trainable parameters + optimizer/scaler/config at ``progress`` (epoch or iters)."""
+        model = self.unwrap_dist_model(self.model)
+        save_obj = {
+            "model": trainable_state_dict(model),
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.config.to_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            self.checkpoint_progress_key: progress,
+        }
+        save_to = os.path.join(
+            self.output_dir, "checkpoint_{}.pth".format("best" if is_best else progress)
+        )
+        logging.info(
+            "Saving checkpoint at %s %s to %s.", self.checkpoint_progress_key, progress, save_to
+        )
+        atomic_torch_save(save_obj, save_to)
+
+    def _reload_best_model(self, model):
+        """Load ``checkpoint_best.pth`` of this run into ``model`` (kept as is if there is none)."""
+        checkpoint_path = os.path.join(self.output_dir, "checkpoint_best.pth")
+        if not os.path.isfile(checkpoint_path):
+            logging.warning(
+                "No %s (no validation score improved on 0): evaluating the current weights.",
+                checkpoint_path,
+            )
+            return model
+        logging.info("Loading checkpoint from %s.", checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path, map_location="cpu")
+        return load_trainable_state_dict(model, checkpoint["model"], source=checkpoint_path)
+
+    def load_model_weights(self, url_or_filename):
+        """Load a runner checkpoint's trainable parameters into the model (e.g. before evaluation)."""
+        if url_or_filename == "auto":
+            url_or_filename = find_latest_checkpoint(self.output_root)
+            if url_or_filename is None:
+                raise FileNotFoundError(f"No checkpoint_*.pth under {self.output_root}/*/")
+        checkpoint = read_checkpoint(url_or_filename, map_location=self.device)
+        load_trainable_state_dict(
+            self.unwrap_dist_model(self.model), checkpoint["model"], source=url_or_filename
+        )
+        logging.info("Loaded model weights from %s", url_or_filename)
+        return checkpoint
+
+    def _load_checkpoint(self, url_or_filename):
+        """Resume: model (checked), optimizer, scaler, and the start epoch/iteration."""
+        checkpoint = self.load_model_weights(url_or_filename)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.checkpoint_progress_key not in checkpoint:
+            raise CheckpointError(
+                f"Checkpoint {url_or_filename} has no {self.checkpoint_progress_key!r} entry; "
+                f"was it written by the other runner type?"
+            )
+        self._restore_progress(int(checkpoint[self.checkpoint_progress_key]))
+        logging.info("Resume checkpoint from %s", url_or_filename)
+
+    def _restore_progress(self, progress):
+        raise NotImplementedError
+
+
+@registry.register_runner("icl_runner_base")
+class IclRunnerBase(DeviceAwareRunnerMixin, RunnerBase):
+    """LAVIS's epoch-based runner (``max_epoch``), on CUDA or CPU."""
+
+    checkpoint_progress_key = "epoch"
+
+    def _restore_progress(self, epoch):
+        # the checkpoint was written after `epoch` finished
+        self.start_epoch = epoch + 1
+        for loader in self._train_epoch_loaders():
+            loader.set_epoch(self.start_epoch)
+
+
+@registry.register_runner("icl_runner_iter")
+class IclRunnerIter(DeviceAwareRunnerMixin, RunnerIter):
+    """LAVIS's iteration-based runner (``max_iters``, ``iters_per_inner_epoch``), on CUDA or CPU."""
+
+    checkpoint_progress_key = "iters"
+
+    def _restore_progress(self, iters):
+        # the checkpoint was written after `iters` iterations: the next one to run is `iters`
+        self.start_iters = iters
+        for loader in self._train_epoch_loaders():
+            loader.set_epoch(iters // max(len(loader), 1))

@@ -1,0 +1,93 @@
+"""Loading videos and images into frame tensors.
+
+Decoding (decord for video, PIL for images) gives PIL frames; a LAVIS image processor
+(``blip_image_eval``, ``blip2_image_train``, ...) then turns each frame into a (3, H, W) tensor and
+the frames are stacked to (F, 3, H, W). An image is a one-frame clip (F = 1).
+
+Every failure to read a file (missing, empty, undecodable) raises ``MediaError`` naming the path.
+"""
+import os
+from typing import Callable, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+VIDEO_SAMPLING_MODES = ("uniform", "headtail")
+
+
+class MediaError(ValueError):
+    """A video or image file is missing or cannot be decoded; the message names the path."""
+
+
+def frame_indices(num_video_frames: int, num_frames: int, sampling: str = "uniform") -> np.ndarray:
+    """Indices of ``num_frames`` frames out of a clip of ``num_video_frames`` frames.
+
+    ``uniform``: the centre frame of each of ``num_frames`` equal segments. ``headtail``: half of
+    the frames uniformly from the first half of the clip, the rest from the second half
+    (deterministic, unlike LAVIS's random headtail). A clip shorter than ``num_frames`` repeats
+    frames, so every clip yields exactly ``num_frames`` frames.
+    """
+    if sampling not in VIDEO_SAMPLING_MODES:
+        raise ValueError(f"Unknown frame sampling {sampling!r}; valid: {list(VIDEO_SAMPLING_MODES)}")
+    if num_frames < 1 or num_video_frames < 1:
+        raise ValueError(f"Need >= 1 frame (clip has {num_video_frames}, asked {num_frames})")
+    if sampling == "uniform" or num_frames == 1 or num_video_frames == 1:
+        return _segment_centres(0, num_video_frames, num_frames)
+    half = num_video_frames // 2
+    head = _segment_centres(0, half, num_frames // 2)
+    tail = _segment_centres(half, num_video_frames, num_frames - num_frames // 2)
+    return np.concatenate([head, tail])
+
+
+def _segment_centres(start: int, end: int, count: int) -> np.ndarray:
+    length = end - start
+    return start + ((np.arange(count) + 0.5) * length / count).astype(np.int64).clip(0, length - 1)
+
+
+def _check_file(path: str, kind: str):
+    if not os.path.isfile(path):
+        raise MediaError(f"{kind} file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{kind} file is empty (0 bytes): {path}")
+
+
+def load_video_frames(path: str, num_frames: int, sampling: str = "uniform") -> List[Image.Image]:
+    """Decode ``num_frames`` RGB frames (PIL images) of the video at ``path`` with decord."""
+    import decord
+
+    _check_file(path, "Video")
+    try:
+        # One decoding thread: data loaders already run one process per core.
+        reader = decord.VideoReader(path, num_threads=1)
+        indices = frame_indices(len(reader), num_frames, sampling)
+        batch = reader.get_batch(indices.tolist())
+    except MediaError:
+        raise
+    except Exception as error:  # decord raises bare RuntimeError / DECORDError
+        raise MediaError(f"Cannot decode video {path}: {error}") from error
+    # LAVIS sets decord's bridge to torch on import; the native bridge returns an NDArray.
+    frames = batch.numpy() if torch.is_tensor(batch) else batch.asnumpy()  # (F, H, W, 3) uint8 RGB
+    return [Image.fromarray(frame) for frame in frames]
+
+
+def load_image(path: str) -> Image.Image:
+    """Read the image at ``path`` as an RGB PIL image."""
+    _check_file(path, "Image")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:
+        raise MediaError(f"Cannot decode image {path}: {error}") from error
+
+
+def frames_to_tensor(frames: List[Image.Image], vis_processor: Callable) -> torch.Tensor:
+    """Apply a LAVIS image processor to each PIL frame; returns (F, 3, H, W) float."""
+    return torch.stack([vis_processor(frame) for frame in frames])
+
+
+def load_visual(path: str, vis_processor: Callable, num_frames: int = 1, is_video: bool = True,
+                sampling: str = "uniform") -> torch.Tensor:
+    """Frames of one clip (``is_video``) or one image, processed: (F, 3, H, W); images give F = 1."""
+    frames = load_video_frames(path, num_frames, sampling) if is_video else [load_image(path)]
+    return frames_to_tensor(frames, vis_processor)

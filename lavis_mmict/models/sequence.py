@@ -1,0 +1,89 @@
+"""Pack per-sample pieces (demos, separators, visual tokens, prompt, target) into padded LLM inputs.
+
+One path serves every model (MMICT, AIM) and both LLM families (OPT's decoder input, T5's encoder
+input). Each piece is a ``Segment`` covering the whole batch with its own padding; packing keeps
+each sample's real positions in order, drops the pads and pads the result once, without a Python
+loop over samples.
+"""
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+IGNORE_INDEX = -100  # label value the LLM loss skips
+NO_TOKEN = -1  # token id of a position that holds features, not a vocabulary token
+
+
+@dataclass
+class Segment:
+    """A piece of every sample's sequence.
+
+    embeds: (B, L, D); mask: (B, L) bool, True = real position;
+    labels: (B, L) long or None (None = not a target); token_ids: (B, L) long or None (None = features).
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+    token_ids: Optional[torch.Tensor] = None
+
+
+@dataclass
+class PackedSequence:
+    """embeds (B, T, D), attention_mask (B, T) long, labels (B, T), token_ids (B, T); pads are zero."""
+
+    embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    token_ids: torch.Tensor
+
+
+def demo_segment(demo_embeds, demo_token_mask, demo_mask, separator_embed):
+    """Lay K demos out one after another, each followed by the separator.
+
+    demo_embeds: (B, K, L, D); demo_token_mask: (B, K, L) bool; demo_mask: (B, K) bool (absent demos
+    contribute nothing, not even their separator); separator_embed: (D,).
+    Returns a Segment of length K * (L + 1).
+    """
+    batch, num_demos, length, dim = demo_embeds.shape
+    separator = separator_embed.to(demo_embeds.dtype).expand(batch, num_demos, 1, dim)
+    embeds = torch.cat([demo_embeds, separator], dim=2).reshape(batch, num_demos * (length + 1), dim)
+    token_mask = demo_token_mask & demo_mask.unsqueeze(-1)
+    mask = torch.cat([token_mask, demo_mask.unsqueeze(-1)], dim=2).reshape(batch, -1)
+    return Segment(embeds, mask)
+
+
+def pack_segments(segments: List[Segment], padding_side: str = "right") -> PackedSequence:
+    """Concatenate segments per sample, squeeze out pads, pad to the longest sample.
+
+    ``padding_side="left"`` right-aligns every sample so its last position is real (what
+    decoder-only generation continues from); ``"right"`` left-aligns (encoder inputs, training).
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    embeds = torch.cat([s.embeds for s in segments], dim=1)
+    mask = torch.cat([s.mask.bool() for s in segments], dim=1)
+    batch, total = mask.shape
+
+    def column(segment, values, fill):
+        if values is not None:
+            return values.long()
+        return torch.full(segment.mask.shape, fill, dtype=torch.long, device=mask.device)
+
+    labels = torch.cat([column(s, s.labels, IGNORE_INDEX) for s in segments], dim=1)
+    token_ids = torch.cat([column(s, s.token_ids, NO_TOKEN) for s in segments], dim=1)
+
+    # A stable sort on the mask moves real positions to one side, keeping their order.
+    if padding_side == "right":
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+    else:
+        order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices
+    length = int(mask.sum(dim=1).max().item()) if total else 0
+    order = order[:, :length] if padding_side == "right" else order[:, total - length:]
+
+    packed_mask = torch.gather(mask, 1, order)
+    packed_embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+    packed_embeds = packed_embeds * packed_mask.unsqueeze(-1).to(packed_embeds.dtype)
+    packed_labels = torch.gather(labels, 1, order).masked_fill(~packed_mask, IGNORE_INDEX)
+    packed_ids = torch.gather(token_ids, 1, order).masked_fill(~packed_mask, NO_TOKEN)
+    return PackedSequence(packed_embeds, packed_mask.long(), packed_labels, packed_ids)
