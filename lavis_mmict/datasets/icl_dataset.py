@@ -166,6 +166,8 @@ class ICLDataset(BaseDataset):
             "demo_image": demo_image,  # (k,F,3,H,W)
             "demo_text": demo_text,
         }
+        if "question_type" in record:  # lets the task report accuracy per question type
+            item["question_type"] = record["question_type"]
         if self.data_type == "videos":
             item["video"] = record["video"]
         else:
@@ -177,7 +179,7 @@ class ICLDataset(BaseDataset):
 
 
 # Per-sample values passed through as lists, when the samples carry them.
-PASS_THROUGH_KEYS = ("question_id", "video", "image_id")
+PASS_THROUGH_KEYS = ("question_id", "question_type", "video", "image_id")
 
 
 def collate_icl_samples(samples: List[dict]) -> dict:

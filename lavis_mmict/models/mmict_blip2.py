@@ -16,6 +16,7 @@ from lavis.common.registry import registry
 from lavis.models.blip2_models.blip2 import Blip2Base
 
 from lavis_mmict import backbones
+from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
 from lavis_mmict.models.mhub import MultiModalHub
 from lavis_mmict.models.sequence import NO_TOKEN, IGNORE_INDEX, Segment, demo_segment, pack_segments
 
@@ -130,15 +131,9 @@ class MMICTBlip2(Blip2Base):
         return result
 
     def load_trainable_checkpoint(self, path):
-        """Load a checkpoint written by our runners (trainable parameters only)."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        result = self.load_state_dict(checkpoint.get("model", checkpoint), strict=False)
-        if result.unexpected_keys:
-            raise ValueError(
-                f"Checkpoint {path} does not belong to {type(self).__name__}: unexpected keys "
-                f"{result.unexpected_keys[:5]}{' ...' if len(result.unexpected_keys) > 5 else ''}"
-            )
-        return result
+        """Load a checkpoint written by our runners (trainable parameters only), checked first."""
+        checkpoint = read_checkpoint(path)
+        return load_trainable_state_dict(self, checkpoint["model"], source=path)
 
     # ---------------------------------------------------------------- encoders
     def encode_visual(self, frames):

@@ -1,1 +1,2 @@
-"""Filled in by the skeleton work."""
+"""Registered tasks (importing this package registers them in LAVIS's registry)."""
+from lavis_mmict.tasks.icl_vqa import ICLVQATask, normalize_answer  # noqa: F401  (registers "icl_vqa")
