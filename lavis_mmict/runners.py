@@ -50,16 +50,21 @@ iteration runner and evaluate.py; on CPU by tests/test_runners.py (incl. 2-proce
 Run config keys read here (beyond LAVIS's own): ``find_unused_parameters``, ``seed`` (sampler
 seed), ``resume_ckpt_path`` (path, URL or ``auto``), ``amp``, ``evaluate``, ``device``.
 """
+import datetime
+import glob
 import logging
 import os
+import time
 from pathlib import Path
 
 import lavis.common.optims  # noqa: F401  (registers LAVIS's lr schedulers, as its train.py does)
 import torch
+import torch.distributed as dist
 import webdataset as wds
 from lavis.common.dist_utils import (
     get_rank,
     get_world_size,
+    is_main_process,
     main_process,
 )
 from lavis.common.registry import registry
@@ -243,6 +248,64 @@ class DeviceAwareRunnerMixin:
                 self._warned_amp_on_cpu = True
         return self._scaler
 
+    # --- training loop -------------------------------------------------------------------------
+
+    @property
+    def best_agg_metric(self):
+        return getattr(self, "_best_agg_metric", float("-inf"))
+
+    @property
+    def best_progress(self):
+        return getattr(self, "_best_progress", None)
+
+    def train(self):
+        """LAVIS's train loop (train, validate, checkpoint; then test), for epochs or iterations.
+
+        Unlike LAVIS: the first validation score counts as the best even when it is 0 (so a best
+        checkpoint always exists), every epoch (inner epoch) leaves a resumable
+        ``checkpoint_<progress>.pth`` (only the latest is kept) that also records the best score,
+        and the test phase uses the best checkpoint for both runners.
+        """
+        start_time = time.time()
+        self.log_config()
+        if not self.evaluate_only and self.resume_ckpt_path is not None:
+            self._load_checkpoint(self.resume_ckpt_path)
+
+        for progress, train_chunk in self._training_chunks():
+            if not self.evaluate_only:
+                logging.info("Start training")
+                self.log_stats(split_name="train", stats=train_chunk())
+            self._validate(progress)
+            if self.evaluate_only:
+                break
+            self._save_checkpoint(progress)
+            dist.barrier()
+
+        self.evaluate(cur_epoch="best" if self.valid_splits else "latest", skip_reload=self.evaluate_only)
+        logging.info("Training time %s", datetime.timedelta(seconds=int(time.time() - start_time)))
+
+    def _training_chunks(self):
+        """Yield (progress after the chunk, function that trains the chunk and returns its stats)."""
+        raise NotImplementedError
+
+    def _progress_label(self, progress):
+        return progress
+
+    def _validate(self, progress):
+        """Evaluate every valid split; a better ``val`` score writes ``checkpoint_best.pth``."""
+        for split_name in self.valid_splits:
+            logging.info("Evaluating on %s.", split_name)
+            val_log = self.eval_epoch(split_name=split_name, cur_epoch=self._progress_label(progress))
+            if val_log is None or not is_main_process():
+                continue
+            if "agg_metrics" not in val_log:
+                raise KeyError(f"The task's log for split {split_name!r} has no 'agg_metrics': {val_log}")
+            if split_name == "val" and val_log["agg_metrics"] > self.best_agg_metric:
+                self._best_agg_metric, self._best_progress = val_log["agg_metrics"], progress
+                self._save_checkpoint(progress, is_best=True)
+            val_log[f"best_{self.checkpoint_progress_key}"] = self.best_progress
+            self.log_stats(val_log, split_name)
+
     # --- evaluation ----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -361,7 +424,11 @@ class DeviceAwareRunnerMixin:
 
     @main_process
     def _save_checkpoint(self, progress, is_best=False):
-        """Save trainable parameters + optimizer/scaler/config at ``progress`` (epoch or iters)."""
+        """Save trainable parameters + optimizer/scaler/config/best score at ``progress``.
+
+        ``checkpoint_best.pth`` or ``checkpoint_<progress>.pth``; older ``checkpoint_<n>.pth``
+        files of this run are removed once the new one is in place (resume needs the latest only).
+        """
         model = self.unwrap_dist_model(self.model)
         save_obj = {
             "model": trainable_state_dict(model),
@@ -369,6 +436,8 @@ class DeviceAwareRunnerMixin:
             "config": self.config.to_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             self.checkpoint_progress_key: progress,
+            "best_agg_metric": self.best_agg_metric,
+            "best_progress": self.best_progress,
         }
         save_to = os.path.join(
             self.output_dir, "checkpoint_{}.pth".format("best" if is_best else progress)
@@ -377,6 +446,10 @@ class DeviceAwareRunnerMixin:
             "Saving checkpoint at %s %s to %s.", self.checkpoint_progress_key, progress, save_to
         )
         atomic_torch_save(save_obj, save_to)
+        if not is_best:
+            for old in glob.glob(os.path.join(self.output_dir, "checkpoint_*.pth")):
+                if old != save_to and os.path.basename(old) != "checkpoint_best.pth":
+                    os.remove(old)
 
     def _reload_best_model(self, model):
         """Load ``checkpoint_best.pth`` of this run into ``model`` (kept as is if there is none)."""
@@ -416,6 +489,8 @@ class DeviceAwareRunnerMixin:
                 f"was it written by the other runner type?"
             )
         self._restore_progress(int(checkpoint[self.checkpoint_progress_key]))
+        self._best_agg_metric = checkpoint.get("best_agg_metric", float("-inf"))
+        self._best_progress = checkpoint.get("best_progress")
         logging.info("Resume checkpoint from %s", url_or_filename)
 
     def _restore_progress(self, progress):
@@ -427,6 +502,10 @@ class IclRunnerBase(DeviceAwareRunnerMixin, RunnerBase):
     """LAVIS's epoch-based runner (``max_epoch``), on CUDA or CPU."""
 
     checkpoint_progress_key = "epoch"
+
+    def _training_chunks(self):
+        for epoch in range(self.start_epoch, self.max_epoch):
+            yield epoch, lambda epoch=epoch: self.train_epoch(epoch)
 
     def _restore_progress(self, epoch):
         # the checkpoint was written after `epoch` finished
@@ -440,6 +519,14 @@ class IclRunnerIter(DeviceAwareRunnerMixin, RunnerIter):
     """LAVIS's iteration-based runner (``max_iters``, ``iters_per_inner_epoch``), on CUDA or CPU."""
 
     checkpoint_progress_key = "iters"
+
+    def _training_chunks(self):
+        for start_iters in range(self.start_iters, self.max_iters, self.iters_per_inner_epoch):
+            end_iters = start_iters + self.iters_per_inner_epoch
+            yield end_iters, lambda start_iters=start_iters: self.train_iters(self.cur_epoch, start_iters)
+
+    def _progress_label(self, iters):
+        return self._progress(iters)
 
     def _restore_progress(self, iters):
         # the checkpoint was written after `iters` iterations: the next one to run is `iters`

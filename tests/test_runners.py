@@ -228,14 +228,16 @@ def test_iteration_runner_saves_trainable_only_and_resumes(tmp_path, fresh_regis
     cfg_path = write_config(tmp_path, tmp_path / "out", runner="icl_runner_iter")
     runner = build_runner(cfg_path, "iters", "run.valid_splits=[]", "run.test_splits=[]")
     runner.train()
-    checkpoint_path = str(tmp_path / "out" / "iters" / "checkpoint_6.pth")
+    # only the latest inner epoch's checkpoint is kept
+    assert sorted(os.listdir(tmp_path / "out" / "iters")) == ["checkpoint_12.pth", "log.txt", "result"]
+    checkpoint_path = str(tmp_path / "out" / "iters" / "checkpoint_12.pth")
     saved = read_checkpoint(checkpoint_path)
-    assert set(saved["model"]) == TRAINABLE and saved["iters"] == 6  # LAVIS saved everything
+    assert set(saved["model"]) == TRAINABLE and saved["iters"] == 12  # LAVIS saved everything
 
     resumed = build_runner(cfg_path, "iters2", "run.valid_splits=[]", "run.test_splits=[]")
     resumed._load_checkpoint(checkpoint_path)
-    assert resumed.start_iters == 6  # next iteration to run (LAVIS's: 7)
-    assert resumed.train_loader.epoch == 6 // len(resumed.train_loader)
+    assert resumed.start_iters == 12  # next iteration to run (LAVIS's: 13)
+    assert resumed.train_loader.epoch == 12 // len(resumed.train_loader)
 
 
 class _EpochRecordingDataset(torch.utils.data.Dataset):
