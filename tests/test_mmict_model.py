@@ -190,3 +190,16 @@ def test_unknown_demo_format_is_a_clear_error():
 
     with pytest.raises(ValueError, match="valid: \\['mmict', 'none'\\]"):
         check_demo_format("mmict_v2")
+
+
+def test_readme_python_example_runs(capsys):
+    import os
+    import re
+
+    from conftest import REPO_ROOT
+
+    readme = open(os.path.join(REPO_ROOT, "README.md")).read()
+    (example,) = re.findall(r"```python\n(import torch.*?)```", readme, flags=re.S)
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and all(line.startswith("[") for line in printed)
