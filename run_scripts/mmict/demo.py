@@ -18,7 +18,7 @@ RUNS = [
 
 
 def read_metrics(output_dir):
-    """Best val and final test metrics from the newest job's LAVIS log.txt (JSON lines)."""
+    """Best val score and the test metrics from the newest job's LAVIS log.txt (JSON lines)."""
     jobs = sorted(glob.glob(os.path.join(output_dir, "*", "log.txt")), key=os.path.getmtime)
     if not jobs:
         raise SystemExit(f"no log.txt under {output_dir}: the run failed, see its output above")
@@ -27,7 +27,11 @@ def read_metrics(output_dir):
         for line in f:
             line = line.strip()
             if line.startswith("{") and line.endswith("}") and "_agg_metrics" in line:
-                metrics.update(json.loads(line))
+                record = json.loads(line)
+                if "val_agg_metrics" in record:
+                    best = max(metrics.get("val_best", float("-inf")), record["val_agg_metrics"])
+                    metrics["val_best"] = best
+                metrics.update(record)
     return jobs[-1], metrics
 
 
@@ -55,7 +59,7 @@ def main():
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for demo_format, metrics, seconds, _ in rows:
-        cells = [demo_format, f"{metrics.get('val_agg_metrics', float('nan')):.1f}",
+        cells = [demo_format, f"{metrics.get('val_best', float('nan')):.1f}",
                  f"{metrics.get('test_agg_metrics', float('nan')):.1f}"]
         cells += [f"{metrics.get('test_acc_' + t, float('nan')):.1f}" for t in types]
         cells.append(f"{seconds:.0f} s")
