@@ -1,11 +1,13 @@
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="lavis-mmict",
     version="0.1.0",
     description="MMICT and AIM multi-modal in-context learning for Salesforce LAVIS",
-    packages=find_packages(include=["lavis_mmict", "lavis_mmict.*"]),
-    package_data={"lavis_mmict": ["configs/**/*.yaml", "assets/**/*"]},
+    # Namespace discovery also lists the data folders (configs/, assets/) as packages, so their
+    # files install with the code.
+    packages=find_namespace_packages(include=["lavis_mmict", "lavis_mmict.*"]),
+    package_data={"": ["*.yaml", "*.json", "*.txt"]},
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=[

@@ -140,7 +140,7 @@ class MMICTBlip2(Blip2Base):
         """frames (M, F, 3, H, W) -> visual memory (M, F * tokens, Dv) with all F frames' tokens
         concatenated (one cross-attention memory per clip), and its mask (M, F * tokens)."""
         num_items, num_frames = frames.shape[:2]
-        with self.maybe_autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vit):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vit):
             features = self.visual_encoder(frames.flatten(0, 1))
         features = self.ln_vision(features).reshape(num_items, num_frames * features.shape[1], -1)
         mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
@@ -245,10 +245,12 @@ class MMICTBlip2(Blip2Base):
     # ---------------------------------------------------------------- training
     def forward(self, samples):
         """Returns {"loss"}: cross-entropy averaged over the batch's target tokens only."""
-        segments = self.prefix_segments(samples)
-        segments.append(self.target_segment(samples["text_output"]))
-        packed = pack_segments(segments, padding_side="right")
+        # One autocast region (CUDA only) around everything: fp16 ViT features must meet the
+        # fp32 Q-Former inside autocast, as in LAVIS's BLIP-2.
         with self.maybe_autocast():
+            segments = self.prefix_segments(samples)
+            segments.append(self.target_segment(samples["text_output"]))
+            packed = pack_segments(segments, padding_side="right")
             outputs = self.llm_model(
                 inputs_embeds=packed.embeds,
                 attention_mask=packed.attention_mask,
@@ -274,13 +276,13 @@ class MMICTBlip2(Blip2Base):
         prompt=None,
     ):
         """Batched generation with each sample's demonstrations; returns B * num_captions strings."""
-        packed = pack_segments(self.prefix_segments(samples, prompt), padding_side="left")
-        # LAVIS's OPT generates from `query_embeds` followed by `input_ids`: every sample's last
-        # position is a prompt token (left padding), so it becomes the single input id.
-        last_ids = packed.token_ids[:, -1:]
-        assert bool((last_ids != NO_TOKEN).all()), "the prompt must end every LLM prefix"
-        expand = num_captions if use_nucleus_sampling else max(num_beams, 1)
         with self.maybe_autocast():
+            packed = pack_segments(self.prefix_segments(samples, prompt), padding_side="left")
+            # LAVIS's OPT generates from `query_embeds` followed by `input_ids`: every sample's last
+            # position is a prompt token (left padding), so it becomes the single input id.
+            last_ids = packed.token_ids[:, -1:]
+            assert bool((last_ids != NO_TOKEN).all()), "the prompt must end every LLM prefix"
+            expand = num_captions if use_nucleus_sampling else max(num_beams, 1)
             outputs = self.llm_model.generate(
                 input_ids=last_ids,
                 query_embeds=packed.embeds[:, :-1].repeat_interleave(expand, dim=0),
