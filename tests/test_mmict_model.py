@@ -203,3 +203,23 @@ def test_readme_python_example_runs(capsys):
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 2 and all(line.startswith("[") for line in printed)
+
+
+def test_load_model_with_a_runner_checkpoint(tmp_path):
+    import lavis_mmict
+    from lavis_mmict.checkpoints import CheckpointError, atomic_torch_save, trainable_state_dict
+
+    torch.manual_seed(1)
+    trained = lavis_mmict.load_model("mmict_blip2")  # default model type: tiny
+    with torch.no_grad():
+        trained.llm_proj.weight.add_(1.0)
+    path = tmp_path / "checkpoint_best.pth"
+    atomic_torch_save({"model": trainable_state_dict(trained), "epoch": 0}, path)
+    loaded = lavis_mmict.load_model("mmict_blip2", checkpoint=str(path), is_eval=True)
+    assert torch.equal(loaded.llm_proj.weight, trained.llm_proj.weight)
+    assert not loaded.training
+
+    foreign = tmp_path / "other.pth"
+    atomic_torch_save({"model": {"classifier.weight": torch.zeros(2, 2)}}, foreign)
+    with pytest.raises(CheckpointError, match="classifier.weight"):
+        lavis_mmict.load_model("mmict_blip2", checkpoint=str(foreign))
