@@ -456,7 +456,7 @@ class DeviceAwareRunnerMixin:
         checkpoint_path = os.path.join(self.output_dir, "checkpoint_best.pth")
         if not os.path.isfile(checkpoint_path):
             logging.warning(
-                "No %s (no validation score improved on 0): evaluating the current weights.",
+                "No %s (no validation ran in this run): evaluating the current weights.",
                 checkpoint_path,
             )
             return model

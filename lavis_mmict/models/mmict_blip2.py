@@ -167,25 +167,23 @@ class MMICTBlip2(Blip2Base):
         if use_demos:
             demo_mask = samples["demo_mask"].to(self.device).bool()
             use_demos = bool(demo_mask.any())
-        if not use_demos:
-            memory, memory_mask = self.encode_visual(image)
-            ids, mask = self.tokenize_for_qformer(queries)
-            hub = self.mhub(memory, memory_mask, ids, mask)
-            return self.llm_proj(hub.query_features), None, None, None
-
-        sample_index, demo_index = demo_mask.nonzero(as_tuple=True)
-        demo_image = samples["demo_image"]
-        if demo_image.dim() == 5:
-            demo_image = demo_image.unsqueeze(2)
-        frames = torch.cat([image, demo_image[sample_index, demo_index]], dim=0)
-        demo_texts = samples["demo_text"]
-        texts = queries + [demo_texts[b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
+        frames, texts = image, queries
+        if use_demos:
+            sample_index, demo_index = demo_mask.nonzero(as_tuple=True)
+            demo_image = samples["demo_image"]
+            if demo_image.dim() == 5:
+                demo_image = demo_image.unsqueeze(2)
+            frames = torch.cat([image, demo_image[sample_index, demo_index]], dim=0)
+            demo_texts = samples["demo_text"]
+            texts = queries + [demo_texts[b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
 
         memory, memory_mask = self.encode_visual(frames)
         ids, mask = self.tokenize_for_qformer(texts)
         hub = self.mhub(memory, memory_mask, ids, mask)
-
         query_visual = self.llm_proj(hub.query_features[:batch])
+        if not use_demos:
+            return query_visual, None, None, None
+
         real_demo_embeds = self.llm_proj(hub.text_features[batch:])
         real_demo_mask = hub.text_mask[batch:]
         # Scatter the real demos back to their (sample, slot) places; absent slots stay masked.
