@@ -75,7 +75,7 @@ def _build_encoder(config: EncoderConfig, device: torch.device):
             "vit_model": config.vit_model, "image_size": config.image_size, "vit_weights": config.vit_weights,
             "vit_precision": precision, "freeze_vit": True, "drop_path_rate": 0.0,
         })
-    return encoder.to(device).eval()
+    return encoder.to(device)  # already in eval mode (frozen by build_vision_encoder)
 
 
 def encoder_fingerprint(config: EncoderConfig) -> dict:
