@@ -205,3 +205,26 @@ def test_each_builder_trains_the_tiny_model_for_one_epoch_through_train_py(
     assert any("train_loss" in record for record in logged)
     if valid:
         assert any("val_agg_metrics" in record for record in logged)
+
+
+def test_any_lavis_dataset_can_be_wrapped(tmp_path):
+    """LAVIS's own CaptionDataset (items: image (3,H,W), text_input = caption) becomes demo-aware."""
+    from lavis.datasets.datasets.caption_datasets import CaptionDataset
+    from lavis.processors.blip_processors import BlipCaptionProcessor, BlipImageEvalProcessor
+
+    from lavis_mmict.datasets import ICLDataset
+
+    made = files.make_captions(str(tmp_path), "images")
+    lavis_train = CaptionDataset(BlipImageEvalProcessor(32), BlipCaptionProcessor(), made["media"],
+                                 [made["annotations"]["train"]])
+    train = ICLDataset(lavis_train, {"num": 2, "strategy": "same_source", "template": "Caption: {caption}"},
+                       is_train=True, task_kind="caption", caption_prompt="Describe:")
+    item = train[0]
+    assert item["image"].shape == (1, 3, 32, 32) and item["text_input"] == "Describe:"
+    assert item["text_output"] == "a picture of thing 0 seen 0 times"
+    assert sorted(item["demo_text"]) == ["Caption: a picture of thing 0 seen 1 times",
+                                         "Caption: a picture of thing 0 seen 2 times"]
+    assert item["demo_image"].shape == (2, 1, 3, 32, 32)
+    batch = train.collater([train[i] for i in range(3)])
+    assert batch["demo_mask"].all() and batch["image"].shape == (3, 1, 3, 32, 32)
+    assert train.annotation is lavis_train.annotation  # LAVIS attributes reach through the wrapper
