@@ -112,12 +112,12 @@ def test_zero_demos_gives_empty_lists():
 
 
 def test_unknown_strategy_lists_valid_strategies():
-    with pytest.raises(ValueError, match=r"'nearest'.*\['random', 'same_source'\]"):
+    with pytest.raises(ValueError, match=r"'nearest'.*\['random', 'same_source', 'similar'\]"):
         config(strategy="nearest")
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ValueError, match=r"\['k'\].*'num', 'strategy', 'pool', 'seed', 'template'"):
+    with pytest.raises(ValueError, match=r"\['k'\].*'num', 'strategy', 'pool', 'seed', 'template', 'fallback'"):
         DemonstrationConfig.from_config({"k": 3, "strategy": "random"})
 
 

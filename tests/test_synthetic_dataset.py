@@ -164,7 +164,7 @@ def test_pool_train_gives_val_queries_demos_from_the_train_split(synthetic_root)
     val = build(synthetic_root, strategy="random", num=2, pool="train")["val"]
     train_videos = {r["video"] for r in read_split(synthetic_root, "train")}
     for index in range(len(val)):
-        assert all(val.demo_pool.records[d]["video"] in train_videos for d in val.demo_indices(index))
+        assert all(val.pool.annotation[d]["video"] in train_videos for d in val.demo_indices(index))
     assert val[0]["demo_image"].shape == (2, 4, 3, 32, 32)
 
 
@@ -184,8 +184,9 @@ def write_split(folder, records):
 
 
 def make_dataset(vis_root, ann_path, **kwargs):
-    return ICLDataset(BlipImageEvalProcessor(32), BlipQuestionProcessor(), str(vis_root), [ann_path],
-                      demo_config={"num": 1, "strategy": "random"}, num_frames=2, **kwargs)
+    return ICLDataset.from_annotations(BlipImageEvalProcessor(32), BlipQuestionProcessor(), str(vis_root),
+                                       [ann_path], demo_config={"num": 1, "strategy": "random"},
+                                       num_frames=2, **kwargs)
 
 
 def record(video, question_id):

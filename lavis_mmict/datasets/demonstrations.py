@@ -12,23 +12,39 @@ Guarantees (every strategy):
   excluded too (defensive; ``instance_id`` is not used because LAVIS numbers instances per split,
   so equal instance ids across splits are expected and mean nothing).
 
-Config block (exactly these keys)::
+Strategies:
+- ``random``: K distinct pool records; K larger than the pool (minus the query) is an error.
+- ``same_source``: K other annotations of the query's clip/image (one-to-many). A clip with fewer
+  than K others gives all of them; ``fallback: random`` fills the missing slots with random pool
+  records instead. Queries with no sibling at all (e.g. val queries with ``pool: train``) are
+  counted and reported in one warning per split.
+- ``similar``: the K pool records whose clips/images are nearest to the query's by cosine
+  similarity of frozen visual features (RICES); deterministic (the same in every epoch), most
+  similar last, i.e. next to the query. Features: see similarity.py.
+
+Config block (exactly these keys; only ``num``/``strategy``/``pool``/``seed`` are usually set)::
 
     demonstrations:
       num: 3                  # K demos per query (0 disables demos)
-      strategy: same_source   # random | same_source
+      strategy: same_source   # random | same_source | similar
       pool: self              # train | val | test, or `self`: the query's own split
       seed: 42
       template: "Question: {question} Short answer: {answer}"
+      fallback: none          # same_source: none (fewer demos) | random (fill up to K)
+      encoder: {vit_model: eva_clip_g, image_size: 224}   # similar: frozen feature encoder
+      feature_cache: output/cache/demo_features           # similar: feature cache folder
 """
+import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 DEFAULT_TEMPLATE = "Question: {question} Short answer: {answer}"
 VALID_POOLS = ("self", "train", "val", "test")
+VALID_FALLBACKS = ("none", "random")
+DEFAULT_FEATURE_CACHE = "output/cache/demo_features"
 # Marks the RNG stream of evaluation draws apart from any training epoch's stream.
 _EVAL_STREAM, _TRAIN_STREAM = 0, 1
 # Records are matched across splits by this field (see module docstring).
@@ -46,6 +62,9 @@ class DemonstrationConfig:
     pool: str = "self"
     seed: int = 42
     template: str = DEFAULT_TEMPLATE
+    fallback: str = "none"
+    encoder: dict = field(default_factory=dict)
+    feature_cache: str = DEFAULT_FEATURE_CACHE
 
     @classmethod
     def from_config(cls, cfg) -> "DemonstrationConfig":
@@ -53,6 +72,8 @@ class DemonstrationConfig:
         if cfg is None:
             return cls()
         values = dict(cfg.items())
+        if "encoder" in values and values["encoder"] is not None:
+            values["encoder"] = dict(values["encoder"].items())
         valid_keys = tuple(cls.__dataclass_fields__)
         unknown = sorted(set(values) - set(valid_keys))
         if unknown:
@@ -79,6 +100,15 @@ class DemonstrationConfig:
             raise ValueError(f"demonstrations.seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.template, str):
             raise ValueError(f"demonstrations.template must be a string, got {self.template!r}")
+        if self.fallback not in VALID_FALLBACKS:
+            raise ValueError(
+                f"Unknown demonstrations.fallback {self.fallback!r}; valid: {list(VALID_FALLBACKS)}"
+            )
+        if not isinstance(self.encoder, dict):
+            raise ValueError(f"demonstrations.encoder must be a mapping, got {self.encoder!r}")
+        from lavis_mmict.datasets.similarity import EncoderConfig  # noqa: avoids an import cycle
+
+        EncoderConfig.from_config(self.encoder)  # unknown encoder keys fail here, at config time
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +151,7 @@ class DemoSampler:
         pool: Sequence[dict],
         pool_is_query_split: bool,
         name: str = "dataset",
+        **unused,
     ):
         self.config = config
         self.num = config.num
@@ -164,42 +195,66 @@ class DemoSampler:
 class RandomDemoSampler(DemoSampler):
     """K distinct pool records, uniformly at random, never the query."""
 
-    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset"):
+    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", **unused):
         super().__init__(config, queries, pool, pool_is_query_split, name)
-        available = self.pool_size - (1 if pool_is_query_split else 0)
-        if self.num > available:
-            raise ValueError(
-                f"{name}: demonstrations.num = {self.num} but the demo pool has only {available} "
-                f"candidate records (pool size {self.pool_size}"
-                f"{', minus the query itself' if pool_is_query_split else ''}); lower `num` "
-                f"or use a larger pool"
-            )
+        _check_pool_size(self, pool_is_query_split)
 
     def _draw(self, rng, query_index):
-        excluded = self.excluded_pool_indices(query_index)
-        available = self.pool_size - len(excluded)
-        if self.num > available:
-            raise ValueError(
-                f"{self.name}: query {query_index} leaves {available} demo candidates after "
-                f"excluding the query, fewer than demonstrations.num = {self.num}"
-            )
-        picks = rng.choice(available, size=self.num, replace=False)
-        return _skip_excluded(picks, excluded)
+        return _random_draw(self, rng, query_index, self.num)
+
+
+def _check_pool_size(sampler: DemoSampler, pool_is_query_split: bool):
+    """K larger than the pool is a configuration error (random / similar need K candidates)."""
+    available = sampler.pool_size - (1 if pool_is_query_split else 0)
+    if sampler.num > available:
+        raise ValueError(
+            f"{sampler.name}: demonstrations.num = {sampler.num} but the demo pool has only "
+            f"{available} candidate records (pool size {sampler.pool_size}"
+            f"{', minus the query itself' if pool_is_query_split else ''}); lower `num` "
+            f"or use a larger pool"
+        )
+
+
+def _random_draw(sampler: DemoSampler, rng, query_index: int, count: int, also_excluded=None):
+    """``count`` distinct random pool indices, never the query (nor ``also_excluded``)."""
+    excluded = sampler.excluded_pool_indices(query_index)
+    if also_excluded is not None and len(also_excluded):
+        excluded = np.union1d(excluded, also_excluded)
+    available = sampler.pool_size - len(excluded)
+    if count > available:
+        raise ValueError(
+            f"{sampler.name}: query {query_index} leaves {available} demo candidates after "
+            f"excluding the query, fewer than demonstrations.num = {sampler.num}"
+        )
+    picks = rng.choice(available, size=count, replace=False)
+    return _skip_excluded(picks, excluded)
 
 
 class SameSourceDemoSampler(DemoSampler):
     """K other annotations of the same clip/image (key: the record's ``video`` or ``image``).
 
     When the clip has fewer than K other annotations, all of them are returned (K varies per
-    sample, handled downstream by ``demo_mask``); no random filler is added.
+    sample, handled downstream by ``demo_mask``), unless ``fallback: random`` fills the missing
+    slots with random pool records. Queries without any sibling are reported once, as a warning.
     """
 
-    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset"):
+    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", **unused):
         super().__init__(config, queries, pool, pool_is_query_split, name)
         source_field = _source_field(queries, name)
         self._query_sources = [record[source_field] for record in queries]
         # Group index built once: source -> sorted array of pool indices.
         self._pool_index_by_source = _group_indices(record.get(source_field) for record in pool)
+        if config.fallback == "random":
+            _check_pool_size(self, pool_is_query_split)
+        if self.num > 0:
+            lonely = sum(len(self.siblings(i)) == 0 for i in range(len(queries)))
+            if lonely:
+                logging.warning(
+                    "%s: %d of %d queries have no other annotation of their %s in the demo pool "
+                    "(same_source); they get %s.", name, lonely, len(queries), source_field,
+                    "random demonstrations (fallback: random)" if config.fallback == "random"
+                    else "no demonstrations (set demonstrations.fallback: random to fill them)",
+                )
 
     def siblings(self, query_index: int) -> np.ndarray:
         """All pool indices about the query's clip/image, the query itself excluded."""
@@ -211,14 +266,78 @@ class SameSourceDemoSampler(DemoSampler):
 
     def _draw(self, rng, query_index):
         siblings = self.siblings(query_index)
-        if len(siblings) <= self.num:
-            return rng.permutation(siblings)  # all of them, in a seeded order
-        return rng.choice(siblings, size=self.num, replace=False)
+        if len(siblings) > self.num:
+            return rng.choice(siblings, size=self.num, replace=False)
+        picks = rng.permutation(siblings)  # all of them, in a seeded order
+        if self.config.fallback == "random" and len(picks) < self.num:
+            filler = _random_draw(self, rng, query_index, self.num - len(picks), np.sort(picks))
+            picks = np.concatenate([picks, filler])
+        return picks
+
+
+class SimilarDemoSampler(DemoSampler):
+    """The K pool records nearest to the query by visual similarity (RICES), most similar last.
+
+    Extra arguments (see similarity.py): ``query_features`` / ``pool_features`` (S, D) float32,
+    L2-normalised, one row per distinct clip/image; ``query_sources`` / ``pool_sources`` (N,) the
+    row of each record; ``pool_valid`` (S_pool,) bool, False for unreadable media (never picked).
+    Records of one clip share its similarity; ties go to the lower pool index.
+    """
+
+    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", query_features=None,
+                 pool_features=None, query_sources=None, pool_sources=None, pool_valid=None, **unused):
+        super().__init__(config, queries, pool, pool_is_query_split, name)
+        if query_features is None or pool_features is None:
+            raise ValueError(f"{name}: the `similar` strategy needs visual features (see similarity.py)")
+        _check_pool_size(self, pool_is_query_split)
+        self.query_features = np.asarray(query_features, dtype=np.float32)
+        self.pool_features = np.asarray(pool_features, dtype=np.float32)
+        self.query_sources = np.asarray(query_sources, dtype=np.int64)
+        pool_sources = np.asarray(pool_sources, dtype=np.int64)
+        self.pool_valid = (np.ones(len(self.pool_features), dtype=bool) if pool_valid is None
+                           else np.asarray(pool_valid, dtype=bool))
+        # Pool records of each pool source, in pool order (source rows are 0..S-1).
+        order = np.argsort(pool_sources, kind="stable")
+        bounds = np.searchsorted(pool_sources[order], np.arange(len(self.pool_features) + 1))
+        self._records_of_source = [order[bounds[s]:bounds[s + 1]] for s in range(len(self.pool_features))]
+        # Ranked pool sources per query source, computed once; enough for K records plus the
+        # query's own exclusions in almost every case (the rest get a full ranking on demand).
+        self._ranked = self._rank_sources(min(len(self.pool_features), self.num + 2))
+
+    def _similarities(self, query_source_rows: np.ndarray) -> np.ndarray:
+        sims = self.query_features[query_source_rows] @ self.pool_features.T
+        sims[:, ~self.pool_valid] = -np.inf
+        return sims
+
+    def _rank_sources(self, top: int, chunk: int = 1024) -> List[np.ndarray]:
+        ranked = []
+        for start in range(0, len(self.query_features), chunk):
+            sims = self._similarities(np.arange(start, min(start + chunk, len(self.query_features))))
+            for row in sims:
+                # Stable sort of -sim: ties keep the lower source (= lower pool index) first.
+                ranked.append(np.argsort(-row, kind="stable")[:top])
+        return ranked
+
+    def _draw(self, rng, query_index):
+        excluded = set(self.excluded_pool_indices(query_index).tolist())
+        source_row = int(self.query_sources[query_index])
+        for ranking in (self._ranked[source_row], None):
+            if ranking is None:  # the short list ran out: rank every pool source
+                ranking = np.argsort(-self._similarities(np.array([source_row]))[0], kind="stable")
+            picks = []
+            for source in ranking:
+                if not self.pool_valid[source]:
+                    continue
+                picks.extend(i for i in self._records_of_source[source].tolist() if i not in excluded)
+                if len(picks) >= self.num:
+                    return np.asarray(picks[: self.num][::-1], dtype=np.int64)  # most similar last
+        raise ValueError(f"{self.name}: query {query_index} has fewer than {self.num} valid demo candidates")
 
 
 SAMPLER_CLASSES: Dict[str, Callable[..., DemoSampler]] = {
     "random": RandomDemoSampler,
     "same_source": SameSourceDemoSampler,
+    "similar": SimilarDemoSampler,
 }
 
 
@@ -228,11 +347,12 @@ def build_demo_sampler(
     pool: Sequence[dict],
     pool_is_query_split: bool,
     name: str = "dataset",
+    **extra,
 ) -> DemoSampler:
-    """Sampler for ``config.strategy`` (see ``DemoSampler`` for the arguments)."""
+    """Sampler for ``config.strategy`` (see ``DemoSampler``; ``extra``: SimilarDemoSampler's features)."""
     if not isinstance(config, DemonstrationConfig):
         config = DemonstrationConfig.from_config(config)
-    return SAMPLER_CLASSES[config.strategy](config, queries, pool, pool_is_query_split, name)
+    return SAMPLER_CLASSES[config.strategy](config, queries, pool, pool_is_query_split, name, **extra)
 
 
 def _group_indices(keys) -> Dict[object, np.ndarray]:

@@ -1,181 +1,271 @@
-"""Demo-aware QA dataset over LAVIS-format annotations, and its collater.
+"""Demo-aware datasets: a wrapper around any map-style LAVIS dataset, and its collater.
 
-Each item is a query (frames + question + answer) plus the k demonstrations the sampler picks for
-it (frames + template-formatted text). The collater pads demos to the batch's largest k and marks
-real ones in ``demo_mask``; see ``collate_icl_samples`` for the batch layout.
+``ICLDataset(dataset, demonstrations)`` turns a LAVIS dataset whose items carry an image or a
+video and text into one whose items also carry K demonstrations: the sampler (demonstrations.py)
+picks pool records for each query, the wrapper loads their frames (eval processor) and writes
+their text from the pool record with ``demonstrations.template``. The wrapped dataset needs:
+
+- ``annotation``: its list of records (LAVIS's ``BaseDataset`` has it);
+- items with the visual under ``image`` ((3,H,W) or (F,3,H,W)) or ``video`` ((3,T,H,W), LAVIS's
+  video processors), and ``text_input``; ``text_output`` is taken from the item, else (captions)
+  from ``text_input``, else (QA) from ``answers``/the record's ``answer``.
+
+Our ``MediaRecordDataset`` (records.py) also offers ``load_frames(index, processor)``, which the
+wrapper uses so demonstrations are read with the eval processor whatever the pool split.
+
+Bad media (``skip_bad_media``): by default an unreadable video/image raises ``MediaError`` naming
+the split, record and file (fail fast). With ``skip_bad_media: true`` the item is logged (once per
+file) and ``__getitem__`` returns None; an unreadable demonstration is dropped from its query. The
+collater replaces every None with another readable item of the split (seeded draw), so batches
+keep their size and are never empty, and reports ``batch["num_skipped_media"]``: the bad media
+files met while building this batch (skipped queries, failed replacement draws, dropped demos).
 """
-import json
+import logging
 import os
-from collections import Counter
-from dataclasses import dataclass
+import zlib
 from typing import Callable, List, Optional, Sequence
 
+import numpy as np
 import torch
-from lavis.datasets.datasets.base_dataset import BaseDataset
 from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import Dataset
 
 from lavis_mmict.datasets.demonstrations import DemonstrationConfig, build_demo_sampler, format_demo_text
-from lavis_mmict.datasets.media import load_visual
+from lavis_mmict.datasets.media import MediaError
+from lavis_mmict.datasets.records import (  # noqa: F401  (re-exported: the old home of these)
+    MEDIA_FIELD,
+    MediaRecordDataset,
+    load_annotations,
+    most_common,
+    required_fields,
+)
 
-# The record field naming the media file, per LAVIS `data_type`.
-MEDIA_FIELD = {"videos": "video", "images": "image"}
-QA_FIELDS = ("question", "answer", "question_id")
-
-
-def required_fields(data_type: str) -> tuple:
-    """Fields every QA annotation record must have for ``data_type`` (videos | images)."""
-    if data_type not in MEDIA_FIELD:
-        raise ValueError(f"Unknown data_type {data_type!r}; valid: {sorted(MEDIA_FIELD)}")
-    return (MEDIA_FIELD[data_type],) + QA_FIELDS
-
-
-def load_annotations(ann_paths: Sequence[str], fields: Sequence[str]) -> List[dict]:
-    """Read LAVIS json annotation files (each a list of records) and check every record.
-
-    Raises ValueError naming the file, the record (index and question_id) and the missing field,
-    or naming the files when they hold no record at all.
-    """
-    records = []
-    for ann_path in ann_paths:
-        if not os.path.isfile(ann_path):
-            raise FileNotFoundError(f"Annotation file not found: {ann_path}")
-        with open(ann_path, "r") as file:
-            file_records = json.load(file)
-        if not isinstance(file_records, list):
-            raise ValueError(f"Annotation file {ann_path} must hold a json list of records")
-        for index, record in enumerate(file_records):
-            missing = [field for field in fields if field not in record]
-            if missing:
-                raise ValueError(
-                    f"Annotation file {ann_path}: record {index} "
-                    f"(question_id={record.get('question_id')!r}) is missing field(s) {missing}"
-                )
-        records.extend(file_records)
-    if not records:
-        raise ValueError(f"Empty split: no annotation records in {list(ann_paths)}")
-    return records
+SKIPPED_KEY = "num_skipped_media"
+# Per-item count of demonstrations dropped for bad media; summed into SKIPPED_KEY by the collater.
+_SKIPPED_DEMOS_KEY = "_num_skipped_demo_media"
+# Replacement draws tried before giving up on a split whose media are (nearly) all unreadable.
+MAX_REPLACEMENT_TRIES = 200
+_reported_media = set()
 
 
-@dataclass
-class DemoPool:
-    """Where demonstrations come from: records of a split and the folder holding their media."""
-
-    records: List[dict]
-    vis_root: str
-    name: str
+def _report_bad_media(name: str, error: Exception):
+    message = str(error)
+    if message not in _reported_media:  # once per file and process: a bad clip is met every epoch
+        _reported_media.add(message)
+        logging.warning("%s: skipping unreadable media (skip_bad_media: true): %s", name, message)
 
 
-def _as_text(value) -> str:
-    """An answer as one string; list-valued answers (VQAv2) give their most frequent element."""
-    if isinstance(value, list):
-        return Counter(value).most_common(1)[0][0] if value else ""
-    return str(value)
+def as_frames(item: dict) -> torch.Tensor:
+    """The item's visual as (F, 3, H, W): ``image`` (3,H,W) or (F,3,H,W), or ``video`` (3,T,H,W)."""
+    image = item.get("image")
+    if torch.is_tensor(image):
+        return image.unsqueeze(0) if image.dim() == 3 else image
+    video = item.get("video")
+    if torch.is_tensor(video) and video.dim() == 4:
+        return video.permute(1, 0, 2, 3)  # LAVIS video processors give channels first
+    raise ValueError(f"Dataset item has no image/video tensor (keys: {sorted(item)})")
 
 
-class ICLDataset(BaseDataset):
-    """QA dataset whose items carry their in-context demonstrations.
+class ICLDataset(Dataset):
+    """A LAVIS dataset whose items carry their in-context demonstrations.
 
     Args:
-        vis_processor: LAVIS image processor for the query frames (train or eval).
-        text_processor: LAVIS text processor for the query question (e.g. ``blip_question``).
-        vis_root: folder the records' media paths are relative to.
-        ann_paths: LAVIS json annotation files (lists of records).
-        demo_config: ``demonstrations`` block (dict / OmegaConf / DemonstrationConfig; None = none).
-        demo_vis_processor: processor for demo frames; the eval one, even for training, so demo
-            inputs are deterministic (and their features cacheable).
-        demo_pool: DemoPool of another split; None = this split (``pool: self``).
-        num_frames: frames per video clip (F); images always give F = 1.
-        data_type: ``videos`` or ``images`` (LAVIS builder's data_type).
-        is_train: training split: demos are redrawn per epoch (``set_epoch``); otherwise fixed.
-        name: "<dataset>/<split>", used in error messages.
+        dataset: the query split (map-style, see module docstring).
+        demo_config: ``demonstrations`` block (dict / OmegaConf / DemonstrationConfig; None = K 0).
+        pool: the dataset demonstrations come from; None = ``dataset`` itself (``pool: self``).
+        demo_vis_processor: processor for demo frames (the eval one: deterministic, cacheable);
+            used when the pool has ``load_frames``.
+        is_train: demos (and caption prompts) are redrawn per epoch (``set_epoch``); else fixed.
+        name: "<dataset>/<split>" for messages.
+        skip_bad_media: see module docstring.
+        task_kind: ``qa`` | ``caption``: how to find the target of a wrapped item without
+            ``text_output`` (captions: ``text_input`` is the caption, the prompt becomes text_input).
+        caption_prompt: the query prompt of wrapped caption items.
 
-    ``__getitem__(i)`` returns::
+    ``self[i]`` (None for a skipped item)::
 
-        {"image": (F,3,H,W) float, "text_input": str, "text_output": str,
-         "question_id": ..., "video" (videos) or "image_id" (images): ...,
-         "demo_image": (k,F,3,H,W) float, "demo_text": list of k str}
+        {"image": (F,3,H,W), "text_input": str, "text_output": str, ids...,
+         "demo_image": (k,F,3,H,W), "demo_text": k str}
     """
 
     def __init__(
         self,
-        vis_processor: Callable,
-        text_processor: Callable,
-        vis_root: str,
-        ann_paths: Sequence[str],
+        dataset,
         demo_config=None,
+        pool=None,
         demo_vis_processor: Optional[Callable] = None,
-        demo_pool: Optional[DemoPool] = None,
-        num_frames: int = 4,
-        data_type: str = "videos",
         is_train: bool = False,
-        name: str = "icl_dataset",
-        frame_sampling: str = "uniform",
+        name: Optional[str] = None,
+        skip_bad_media: bool = False,
+        task_kind: str = "qa",
+        caption_prompt: str = "A short caption:",
     ):
-        super().__init__(vis_processor, text_processor, vis_root, ann_paths=[])
-        self.data_type = data_type
-        self.media_field = MEDIA_FIELD.get(data_type)
-        self.annotation = load_annotations(ann_paths, required_fields(data_type))
-        self._add_instance_ids()
-        self.name = name
-        self.num_frames = num_frames if data_type == "videos" else 1
-        self.frame_sampling = frame_sampling
+        self.dataset = dataset
+        self.pool = dataset if pool is None else pool
+        self.name = name or getattr(dataset, "name", type(dataset).__name__)
         self.is_train = is_train
         self.epoch = 0
-
+        self.skip_bad_media = bool(skip_bad_media)
+        self.task_kind = task_kind
+        self.caption_prompt = caption_prompt
+        self.demo_vis_processor = demo_vis_processor
         self.demo_config = (
             demo_config if isinstance(demo_config, DemonstrationConfig)
             else DemonstrationConfig.from_config(demo_config)
         )
-        self.demo_vis_processor = demo_vis_processor or vis_processor
-        pool_is_query_split = demo_pool is None
-        self.demo_pool = demo_pool or DemoPool(self.annotation, vis_root, name)
+        pool_is_query_split = pool is None or pool is dataset
+        extra = self._similarity_features(pool_is_query_split) if (
+            self.demo_config.strategy == "similar" and self.demo_config.num > 0) else {}
         self.demo_sampler = build_demo_sampler(
-            self.demo_config, self.annotation, self.demo_pool.records, pool_is_query_split, name
+            self.demo_config, dataset.annotation, self.pool.annotation, pool_is_query_split, self.name, **extra
         )
+
+    @classmethod
+    def from_annotations(cls, vis_processor, text_processor, vis_root, ann_paths, demo_config=None,
+                         task_kind="qa", data_type="videos", num_frames=4, is_train=False,
+                         name="icl_dataset", skip_bad_media=False, **record_kwargs):
+        """An ICLDataset over LAVIS-format annotation files with ``pool: self``."""
+        records = MediaRecordDataset(vis_processor, text_processor, vis_root, ann_paths, task_kind=task_kind,
+                                     data_type=data_type, num_frames=num_frames, is_train=is_train,
+                                     name=name, **record_kwargs)
+        return cls(records, demo_config, demo_vis_processor=vis_processor, is_train=is_train, name=name,
+                   skip_bad_media=skip_bad_media, task_kind=task_kind)
+
+    # LAVIS code and tasks read the wrapped dataset's attributes (annotation, annotation_paths,
+    # vis_root, captions_by_image_id, ...) from the dataset they are given.
+    def __getattr__(self, attribute):
+        wrapped = self.__dict__.get("dataset")
+        if wrapped is None or attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return getattr(wrapped, attribute)
+
+    def __len__(self):
+        return len(self.dataset)
 
     def set_epoch(self, epoch: int):
         """Training splits redraw demos each epoch; call before creating the epoch's iterator."""
         self.epoch = int(epoch)
+        for dataset in {id(self.dataset): self.dataset, id(self.pool): self.pool}.values():
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
 
     def demo_indices(self, index: int) -> List[int]:
         """Pool indices of item ``index``'s demos (fixed per item outside training)."""
         return self.demo_sampler.sample(index, self.epoch if self.is_train else None)
 
-    def _load_frames(self, record: dict, vis_root: str, vis_processor: Callable) -> torch.Tensor:
-        path = os.path.join(vis_root, record[self.media_field])
-        return load_visual(path, vis_processor, self.num_frames, self.data_type == "videos",
-                           self.frame_sampling)
+    # ------------------------------------------------------------------ loading
+    def _media_keys(self, dataset) -> List[str]:
+        if hasattr(dataset, "media_path"):
+            return [dataset.media_path(i) for i in range(len(dataset.annotation))]
+        vis_root = getattr(dataset, "vis_root", "")
+        keys = []
+        for record in dataset.annotation:
+            field = next((f for f in ("video", "image") if f in record), None)
+            keys.append(os.path.join(vis_root, str(record[field])) if field else repr(record))
+        return keys
 
-    def __getitem__(self, index: int) -> dict:
-        record = self.annotation[index]
-        image = self._load_frames(record, self.vis_root, self.vis_processor)  # (F,3,H,W)
+    def _similarity_features(self, pool_is_query_split: bool) -> dict:
+        from lavis_mmict.datasets.similarity import compute_source_features
 
-        demo_records = [self.demo_pool.records[i] for i in self.demo_indices(index)]
-        demo_frames = [
-            self._load_frames(demo, self.demo_pool.vis_root, self.demo_vis_processor)
-            for demo in demo_records
-        ]
-        demo_image = torch.stack(demo_frames) if demo_frames else image.new_zeros((0,) + image.shape)
-        demo_text = [format_demo_text(self.demo_config.template, demo) for demo in demo_records]
+        def features_of(dataset, split_name):
+            processor = self.demo_vis_processor or getattr(dataset, "vis_processor", None)
+            reading = {
+                "num_frames": getattr(dataset, "num_frames", None),
+                "sampling": getattr(dataset, "frame_sampling", None),
+                "decode_size": getattr(dataset, "decode_size", None),
+                "processor": repr(getattr(processor, "transform", processor)),
+            }
+            return compute_source_features(
+                self._media_keys(dataset), lambda index: self._demo_frames(dataset, index),
+                self.demo_config.encoder, self.demo_config.feature_cache, split_name, reading,
+                self.skip_bad_media,
+            )
 
-        item = {
-            "image": image,
-            "text_input": self.text_processor(record["question"]),
-            "text_output": _as_text(record["answer"]),
-            "question_id": record["question_id"],
-            "demo_image": demo_image,  # (k,F,3,H,W)
-            "demo_text": demo_text,
-        }
-        if "question_type" in record:  # lets the task report accuracy per question type
-            item["question_type"] = record["question_type"]
-        if self.data_type == "videos":
-            item["video"] = record["video"]
-        else:
-            item["image_id"] = record.get("image_id", record["image"])
+        queries = features_of(self.dataset, self.name)
+        pool = queries if pool_is_query_split else features_of(self.pool, getattr(self.pool, "name", "pool"))
+        return {"query_features": queries.features, "query_sources": queries.record_sources,
+                "pool_features": pool.features, "pool_sources": pool.record_sources, "pool_valid": pool.valid}
+
+    def _demo_frames(self, dataset, index: int) -> torch.Tensor:
+        if hasattr(dataset, "load_frames"):
+            return dataset.load_frames(index, self.demo_vis_processor)
+        return as_frames(dataset[index])
+
+    def _query(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        frames = as_frames(item)
+        if torch.is_tensor(item.get("video")):
+            del item["video"]
+        item["image"] = frames
+        if "text_output" not in item:
+            if self.task_kind == "caption":
+                item["text_output"], item["text_input"] = item["text_input"], self.caption_prompt
+            else:
+                answers = item.get("answers")
+                if not (isinstance(answers, list) and answers and isinstance(answers[0], str)):
+                    answers = self.dataset.annotation[index].get("answer")
+                item["text_output"] = most_common(answers) if self.is_train else answers
         return item
 
-    def collater(self, samples: List[dict]) -> dict:
-        return collate_icl_samples(samples)
+    def __getitem__(self, index: int) -> Optional[dict]:
+        try:
+            item = self._query(index)
+        except MediaError as error:
+            if not self.skip_bad_media:
+                raise
+            _report_bad_media(self.name, error)
+            return None
+
+        frames, texts, skipped = [], [], 0
+        for pool_index in self.demo_indices(index):
+            try:
+                frames.append(self._demo_frames(self.pool, pool_index))
+            except MediaError as error:
+                if not self.skip_bad_media:
+                    raise
+                _report_bad_media(self.name, error)
+                skipped += 1
+                continue
+            texts.append(format_demo_text(self.demo_config.template, self.pool.annotation[pool_index]))
+        image = item["image"]
+        item["demo_image"] = torch.stack(frames) if frames else image.new_zeros((0,) + image.shape)
+        item["demo_text"] = texts
+        if skipped:
+            item[_SKIPPED_DEMOS_KEY] = skipped
+        return item
+
+    # ------------------------------------------------------------------ batching
+    def collater(self, samples: List[Optional[dict]]) -> dict:
+        """``collate_icl_samples`` after replacing skipped (None) items; adds ``num_skipped_media``."""
+        valid = [sample for sample in samples if sample is not None]
+        bad = len(samples) - len(valid)
+        if bad:
+            replacements, failed = self._replacements(bad, valid)
+            valid += replacements
+            bad += failed
+        bad += sum(sample.pop(_SKIPPED_DEMOS_KEY, 0) for sample in valid)
+        batch = collate_icl_samples(valid)
+        batch[SKIPPED_KEY] = bad
+        return batch
+
+    def _replacements(self, count: int, valid: List[dict]):
+        """``count`` readable items drawn at random (seeded by the batch) to stand in for skipped ones."""
+        ids = repr([sample.get("question_id", sample.get("image_id")) for sample in valid])
+        rng = np.random.default_rng([self.demo_config.seed, 7, self.epoch, count, zlib.crc32(ids.encode())])
+        replacements, failed = [], 0
+        for candidate in rng.permutation(len(self))[:MAX_REPLACEMENT_TRIES].tolist():
+            item = self[candidate]
+            if item is None:
+                failed += 1
+                continue
+            replacements.append(item)
+            if len(replacements) == count:
+                return replacements, failed
+        raise MediaError(
+            f"{self.name}: skip_bad_media could not find {count} readable item(s) to replace skipped "
+            f"ones in {min(len(self), MAX_REPLACEMENT_TRIES)} tries; check the media folder "
+            f"{getattr(self.dataset, 'vis_root', '?')}"
+        )
 
 
 # Per-sample values passed through as lists, when the samples carry them.
@@ -191,7 +281,7 @@ def collate_icl_samples(samples: List[dict]) -> dict:
          "demo_image": (B,K,F,3,H,W), zeros where no demo,
          "demo_text": [B][K] str, "" where no demo,
          "demo_mask": (B,K) bool, True = real demo,
-         "question_id": [B], "video": [B] (or "image_id": [B] for images)}
+         "question_id": [B], "video": [B] and/or "image_id": [B]}
 
     K = 0 for the whole batch gives demo_image (B,0,F,3,H,W) and demo_mask (B,0).
     """

@@ -1,6 +1,7 @@
 """Loading videos and images into frame tensors.
 
-Decoding (decord for video, PIL for images) gives PIL frames; a LAVIS image processor
+Decoding (decord for video files, PIL for images and for folders of pre-extracted frames, one
+folder per clip) gives PIL frames; a LAVIS image processor
 (``blip_image_eval``, ``blip2_image_train``, ...) then turns each frame into a (3, H, W) tensor and
 the frames are stacked to (F, 3, H, W). An image is a one-frame clip (F = 1).
 
@@ -52,14 +53,67 @@ def _check_file(path: str, kind: str):
         raise MediaError(f"{kind} file is empty (0 bytes): {path}")
 
 
-def load_video_frames(path: str, num_frames: int, sampling: str = "uniform") -> List[Image.Image]:
-    """Decode ``num_frames`` RGB frames (PIL images) of the video at ``path`` with decord."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def frame_folder_for(path: str):
+    """The folder of pre-extracted frames standing for the clip at ``path``, or None.
+
+    ``<root>/<video>`` itself when it is a folder; otherwise, when ``<root>/<video>`` does not
+    exist, ``<root>/<video without extension>`` if that is a folder (annotations that name
+    ``video7010.mp4`` then read ``video7010/``, the layout ``run_scripts/data/extract_frames.py``
+    writes).
+    """
+    if os.path.isdir(path):
+        return path
+    stem = os.path.splitext(path)[0]
+    if not os.path.exists(path) and stem != path and os.path.isdir(stem):
+        return stem
+    return None
+
+
+def resize_frames(frames: List[Image.Image], decode_size) -> List[Image.Image]:
+    """Frames resized to ``decode_size`` (None: unchanged; an int: square; [height, width]).
+
+    Done with PIL after decoding: decord's own resizing fails on some frame sizes.
+    """
+    if decode_size is None:
+        return frames
+    if isinstance(decode_size, int):
+        height = width = decode_size
+    else:
+        height, width = (int(v) for v in decode_size)
+    return [frame.resize((width, height), Image.BICUBIC) for frame in frames]
+
+
+def load_frame_folder(folder: str, num_frames: int, sampling: str = "uniform", decode_size=None) -> List[Image.Image]:
+    """``num_frames`` RGB frames out of a folder of images (sorted by file name) standing for a clip."""
+    names = sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+        raise MediaError(f"Frame folder has no image files ({', '.join(IMAGE_EXTENSIONS)}): {folder}")
+    frames = [load_image(os.path.join(folder, names[i])) for i in frame_indices(len(names), num_frames, sampling)]
+    return resize_frames(frames, decode_size)
+
+
+def load_video_frames(path: str, num_frames: int, sampling: str = "uniform", decode_size=None) -> List[Image.Image]:
+    """Decode ``num_frames`` RGB frames (PIL images) of the clip at ``path``.
+
+    A video file is decoded with decord, a frame folder (see ``frame_folder_for``) read with PIL;
+    ``decode_size`` resizes the frames right away (see ``resize_frames``). A clip with fewer frames
+    than ``num_frames`` repeats frames (see ``frame_indices``).
+    """
+    folder = frame_folder_for(path)
+    if folder is not None:
+        return load_frame_folder(folder, num_frames, sampling, decode_size)
+
     import decord
 
     _check_file(path, "Video")
     try:
         # One decoding thread: data loaders already run one process per core.
         reader = decord.VideoReader(path, num_threads=1)
+        if len(reader) == 0:
+            raise MediaError(f"Video has no frames: {path}")
         indices = frame_indices(len(reader), num_frames, sampling)
         batch = reader.get_batch(indices.tolist())
     except MediaError:
@@ -68,7 +122,7 @@ def load_video_frames(path: str, num_frames: int, sampling: str = "uniform") -> 
         raise MediaError(f"Cannot decode video {path}: {error}") from error
     # LAVIS sets decord's bridge to torch on import; the native bridge returns an NDArray.
     frames = batch.numpy() if torch.is_tensor(batch) else batch.asnumpy()  # (F, H, W, 3) uint8 RGB
-    return [Image.fromarray(frame) for frame in frames]
+    return resize_frames([Image.fromarray(frame) for frame in frames], decode_size)
 
 
 def load_image(path: str) -> Image.Image:
@@ -76,6 +130,7 @@ def load_image(path: str) -> Image.Image:
     _check_file(path, "Image")
     try:
         with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, naming its path
             return image.convert("RGB")
     except Exception as error:
         raise MediaError(f"Cannot decode image {path}: {error}") from error
@@ -87,7 +142,7 @@ def frames_to_tensor(frames: List[Image.Image], vis_processor: Callable) -> torc
 
 
 def load_visual(path: str, vis_processor: Callable, num_frames: int = 1, is_video: bool = True,
-                sampling: str = "uniform") -> torch.Tensor:
+                sampling: str = "uniform", decode_size=None) -> torch.Tensor:
     """Frames of one clip (``is_video``) or one image, processed: (F, 3, H, W); images give F = 1."""
-    frames = load_video_frames(path, num_frames, sampling) if is_video else [load_image(path)]
+    frames = load_video_frames(path, num_frames, sampling, decode_size) if is_video else [load_image(path)]
     return frames_to_tensor(frames, vis_processor)

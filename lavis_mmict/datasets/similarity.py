@@ -1,0 +1,209 @@
+"""Visual features for the ``similar`` demonstration strategy (RICES), computed once and cached.
+
+Every distinct clip/image of a split (its "source") gets one feature: its frames (read as the
+demonstrations are, with the eval processor) go through a frozen vision encoder built by
+``backbones.build_vision_encoder`` (the same presets as the models: ``eva_clip_g``, ``tiny``);
+the layer-normalised output tokens are averaged over tokens and frames and L2-normalised, so a dot
+product is a cosine similarity.
+
+Cache: ``<feature_cache>/<split name>-<fingerprint>.npz`` (``demonstrations.feature_cache``,
+default ``output/cache/demo_features``, relative to the current directory like the run's
+``output_dir``). The fingerprint covers the encoder (config, weights file size and mtime, init
+seed), the frame reading (frames, sampling, processor) and the data (every source's path, size and
+mtime), so changing any of them computes new features; an unchanged setup reuses the file across
+runs and processes. The file is written under a temporary name and renamed (never half-written).
+Distributed runs: rank 0 computes and writes, the other ranks wait at a barrier and read it.
+"""
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lavis_mmict.datasets.media import MediaError
+
+FEATURE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """``demonstrations.encoder``: the frozen encoder of the ``similar`` strategy."""
+
+    vit_model: str = "eva_clip_g"   # a backbones.VISION_PRESETS name
+    image_size: int = 224           # frames are resized to this before encoding
+    vit_weights: Optional[str] = None  # local weights (default: the preset's file, as the models)
+    vit_precision: str = "fp16"     # fp16 on CUDA only; CPU always uses fp32
+    seed: int = 0                   # initialisation of an encoder without weights (tiny)
+    batch_size: int = 32            # sources per encoder call
+    device: str = "auto"            # auto (cuda if available) | cuda | cpu
+
+    @classmethod
+    def from_config(cls, cfg) -> "EncoderConfig":
+        values = dict(cfg or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"Unknown key(s) {unknown} under `demonstrations.encoder:`; valid keys are "
+                f"{list(cls.__dataclass_fields__)}"
+            )
+        return cls(**values)
+
+
+def _file_stamp(path: str) -> list:
+    try:
+        stat = os.stat(path)
+        return [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        return [None, None]
+
+
+def _build_encoder(config: EncoderConfig, device: torch.device):
+    from lavis_mmict.backbones import VISION_PRESETS, build_vision_encoder
+
+    if config.vit_model not in VISION_PRESETS:
+        raise ValueError(f"Unknown demonstrations.encoder.vit_model {config.vit_model!r}; "
+                         f"valid: {sorted(VISION_PRESETS)}")
+    precision = config.vit_precision if device.type == "cuda" else "fp32"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # an encoder without weights is a function of its seed
+        encoder, _ = build_vision_encoder({
+            "vit_model": config.vit_model, "image_size": config.image_size, "vit_weights": config.vit_weights,
+            "vit_precision": precision, "freeze_vit": True, "drop_path_rate": 0.0,
+        })
+    return encoder.to(device)  # already in eval mode (frozen by build_vision_encoder)
+
+
+def encoder_fingerprint(config: EncoderConfig) -> dict:
+    from lavis_mmict.backbones import VISION_PRESETS
+
+    weights = config.vit_weights or (VISION_PRESETS.get(config.vit_model) or {}).get("weights_url")
+    stamp = _file_stamp(weights) if weights and os.path.isfile(weights) else None
+    fields = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "device")}
+    return dict(fields, weights=weights, weights_stamp=stamp)
+
+
+class SourceFeatures:
+    """Features of the distinct media of one dataset split.
+
+    Attributes: ``features`` (S, D) float32 (rows L2-normalised; zeros where unreadable),
+    ``valid`` (S,) bool, ``record_sources`` (N,) int64: the row of each record.
+    """
+
+    def __init__(self, features: np.ndarray, valid: np.ndarray, record_sources: np.ndarray):
+        self.features, self.valid, self.record_sources = features, valid, record_sources
+
+
+def source_rows(media_keys: Sequence[str]):
+    """(distinct keys in first-seen order, row of each record)."""
+    rows, keys = {}, []
+    record_rows = np.empty(len(media_keys), dtype=np.int64)
+    for index, key in enumerate(media_keys):
+        if key not in rows:
+            rows[key] = len(keys)
+            keys.append(key)
+        record_rows[index] = rows[key]
+    return keys, record_rows
+
+
+def compute_source_features(
+    media_keys: Sequence[str],
+    load_frames: Callable[[int], torch.Tensor],
+    encoder_cfg,
+    cache_dir: str,
+    name: str,
+    frame_reading: dict,
+    skip_bad_media: bool = False,
+) -> SourceFeatures:
+    """Features for the sources of one split, read from / written to the cache (see module doc).
+
+    Args:
+        media_keys: per record, the path of its clip/image (records sharing it share a feature).
+        load_frames: record index -> processed frames (F, 3, H, W); may raise MediaError.
+        encoder_cfg: ``demonstrations.encoder`` mapping (or EncoderConfig).
+        cache_dir: folder of the cache files; name: "<dataset>/<split>" (file name and messages).
+        frame_reading: what else decides the frames (num_frames, sampling, processor), fingerprinted.
+        skip_bad_media: unreadable media get an invalid (never chosen) row instead of an error.
+    """
+    from lavis.common.dist_utils import get_rank, is_dist_avail_and_initialized
+
+    config = encoder_cfg if isinstance(encoder_cfg, EncoderConfig) else EncoderConfig.from_config(encoder_cfg)
+    keys, record_rows = source_rows(media_keys)
+    first_record = np.full(len(keys), -1, dtype=np.int64)
+    for index in range(len(record_rows) - 1, -1, -1):
+        first_record[record_rows[index]] = index
+    fingerprint = hashlib.sha256(json.dumps({
+        "version": FEATURE_VERSION,
+        "encoder": encoder_fingerprint(config),
+        "frames": frame_reading,
+        "skip_bad_media": bool(skip_bad_media),
+        "sources": [[key] + _file_stamp(key) for key in keys],
+    }, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = os.path.join(os.path.abspath(cache_dir), f"{name.replace('/', '-')}-{fingerprint}.npz")
+
+    distributed = is_dist_avail_and_initialized()
+    if get_rank() == 0 and not os.path.isfile(path):
+        features, valid = _encode_sources(keys, first_record, load_frames, config, name, skip_bad_media)
+        _save_atomic(path, features, valid)
+        logging.info("%s: visual features of %d sources written to %s", name, len(keys), path)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank calls it, whether or not the file existed, so none hangs
+    with np.load(path, allow_pickle=False) as stored:
+        features, valid = stored["features"], stored["valid"]
+    if len(features) != len(keys):
+        raise ValueError(f"{name}: feature cache {path} holds {len(features)} rows for {len(keys)} sources")
+    return SourceFeatures(features, valid, record_rows)
+
+
+@torch.no_grad()
+def _encode_sources(keys, first_record, load_frames, config: EncoderConfig, name, skip_bad_media):
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    encoder = _build_encoder(config, device)
+    dtype = next(encoder.parameters()).dtype
+    features = np.zeros((len(keys), encoder.num_features), dtype=np.float32)
+    valid = np.ones(len(keys), dtype=bool)
+    for start in range(0, len(keys), config.batch_size):
+        rows, clips = [], []
+        for row in range(start, min(start + config.batch_size, len(keys))):
+            try:
+                clips.append(load_frames(int(first_record[row])))
+                rows.append(row)
+            except MediaError as error:
+                if not skip_bad_media:
+                    raise
+                logging.warning("%s: skipping unreadable media for similarity features: %s", name, error)
+                valid[row] = False
+        if not clips:
+            continue
+        frames = torch.stack(clips)  # (S, F, 3, H, W)
+        num_sources, num_frames = frames.shape[:2]
+        flat = frames.flatten(0, 1).to(device=device, dtype=dtype)
+        if flat.shape[-1] != config.image_size or flat.shape[-2] != config.image_size:
+            flat = F.interpolate(flat, size=(config.image_size, config.image_size), mode="bicubic",
+                                 align_corners=False)
+        tokens = encoder(flat).float()  # (S*F, 1 + patches, D)
+        tokens = F.layer_norm(tokens, tokens.shape[-1:])
+        pooled = tokens.mean(dim=1).view(num_sources, num_frames, -1).mean(dim=1)
+        features[rows] = F.normalize(pooled, dim=-1).cpu().numpy()
+    return features, valid
+
+
+def _save_atomic(path: str, features: np.ndarray, valid: np.ndarray):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path[:-len('.npz')]}.tmp-{os.getpid()}.npz"
+    try:
+        np.savez(temporary, features=features, valid=valid)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
