@@ -4,9 +4,9 @@ What needs what (checked by :func:`available_metrics`):
 
 - tokenisation: pycocoevalcap's Stanford PTB tokenizer jar, run with ``java``. Without java a
   pure-Python tokenizer (:func:`python_ptb_tokenize`) is used instead: the same lowercasing,
-  clitic and punctuation splitting and punctuation removal for ordinary captions, but not
-  Stanford's full rule set (e.g. its abbreviation list: "mr." stays one token there); scores can
-  then differ slightly from published ones, and a warning says so.
+  clitic and punctuation splitting and punctuation removal for ordinary captions (the tests
+  compare it with the jar), but not Stanford's full rule set (e.g. URLs, rare abbreviations);
+  scores can then differ slightly from published ones, and a warning says so.
 - BLEU, ROUGE-L, CIDEr: pure Python.
 - METEOR: pycocoevalcap's METEOR 1.5 jar, needs ``java`` (about 5 s per call).
 - SPICE: needs ``java`` and the Stanford CoreNLP 3.6.0 jars in pycocoevalcap's ``spice/lib``,

@@ -90,6 +90,14 @@ def format_metrics_table(title, metrics):
     return "\n".join(lines)
 
 
+def _has_length(iterable):
+    try:
+        len(iterable)
+    except TypeError:
+        return False
+    return True
+
+
 class ICLEvalTask(BaseTask):
     """Base of ``icl_vqa`` and ``icl_captioning``; subclasses implement ``valid_step`` and
     ``score(results, split_name)`` (main process only) and set ``result_id_key``."""
@@ -112,9 +120,10 @@ class ICLEvalTask(BaseTask):
         name = getattr(self.eval_dataset, "name", None) or "Evaluation"
         header = f"Evaluation {name}:"
         results = []
-        if hasattr(data_loader, "__len__"):
+        if _has_length(data_loader):
             batches = MetricLogger(delimiter="  ").log_every(data_loader, self.eval_log_freq, header)
         else:  # webdataset pipelines have no length: no ETA possible
+            logging.info("%s no length known: no progress line", header)
             batches = data_loader
         for samples in batches:
             samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
