@@ -111,8 +111,11 @@ class ICLEvalTask(BaseTask):
         self.eval_dataset = None
 
     def before_evaluation(self, model, dataset, **kwargs):
-        """Remember the split's dataset (its name for progress lines; ground truth for captions)."""
+        """Remember the split's dataset (its name for progress lines; ground truth for captions),
+        then LAVIS's hook (``model.before_evaluation``)."""
         self.eval_dataset = dataset
+        if model is not None:
+            super().before_evaluation(model, dataset, **kwargs)
 
     @torch.no_grad()
     def evaluation(self, model, data_loader, cuda_enabled=True):
