@@ -19,6 +19,8 @@ setup(
         "transformers>=4.25,<4.27",
         "torch==2.14.1",
         "torchvision==0.29.1",
+        # shot-sweep plots (Agg backend, no display needed)
+        "matplotlib>=3.5",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )

@@ -1,114 +1,124 @@
-"""Task ``icl_vqa``: in-context (video/image) question answering scored by normalised exact match.
+"""Task ``icl_vqa``: in-context (video/image) question answering, scored as VQAv2 does.
+
+Scoring (:func:`answer_score`):
+
+- ground truth a **list of annotator answers** (VQAv2, 10 per question): the official VQA
+  accuracy. The prediction is normalised as the official evaluation does (:func:`normalize_answer`:
+  punctuation, number words "zero".."ten" -> digits, articles, contractions such as "dont" ->
+  "don't"); annotator answers get the official punctuation step when they disagree. With m of the
+  n annotators matching, the score is the mean over the n leave-one-out subsets of
+  ``min(1, matches among the other n-1 / 3)``, i.e. ``(m*min(1,(m-1)/3) + (n-m)*min(1,m/3)) / n``.
+  A list of one answer is scored like a single answer.
+- ground truth **one string** (MSVD-QA, MSRVTT-QA, ...): normalised exact match, both sides
+  normalised with :func:`normalize_answer`.
+
+The normalisation tables (contractions, number words, articles, punctuation) are those of the
+official evaluation as shipped in LAVIS (``lavis.common.vqa_tools.vqa_eval.VQAEval``).
 
 Run config keys (all optional): ``num_beams`` (1), ``max_len`` (10), ``min_len`` (1),
-``inference_method`` ("generate"), ``prompt`` ("" = the model's own prompt).
+``inference_method`` ("generate"), ``prompt`` ("" = the model's own prompt), ``eval_log_freq`` (10).
 
-Evaluation flow (as LAVIS's ``VQATask``): every rank predicts its shard; ``BaseTask.save_result``
-merges the shards into ``<result_dir>/<split>_epoch<epoch>.json`` without repeated question ids
-(``DistributedSampler`` pads the last shard with repeated items); rank 0 scores it and returns
-``{"agg_metrics": acc, "acc": acc, "num_questions": n}`` (accuracy in percent, plus
-``acc_<question_type>`` when the data has question types); other ranks return None.
+Metrics (percent): ``agg_metrics`` = ``acc``, ``num_questions``, and when the data has them
+``acc_<question_type>`` and ``acc_answer_type_<answer_type>``. Every rank predicts its shard;
+the merged ``result/<split>_epoch<epoch>.json`` holds each question id once; rank 0 scores it.
 """
-import json
 import logging
-import os
-import re
 
-import torch
-from lavis.common.dist_utils import is_main_process
 from lavis.common.registry import registry
-from lavis.tasks.base_task import BaseTask
+from lavis.common.vqa_tools.vqa_eval import VQAEval
+
+from lavis_mmict.tasks.evaluation import ICLEvalTask, plain
 
 __all__ = ["ICLVQATask", "normalize_answer", "answer_score", "vqa_accuracy"]
 
-_ARTICLES = frozenset({"a", "an", "the"})
-_NUMBER_WORDS = {
-    word: str(value)
-    for value, word in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-        "fifteen sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d)")
-# punctuation (and "_"), except a decimal point between digits
-_PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))(?:[^\w\s]|_)")
+# The official tables and punctuation step (VQAEval needs no annotations for these).
+_OFFICIAL = VQAEval()
 
 
-def normalize_answer(text, number_words=True):
-    """Normalise an answer for exact matching.
+def _official_punctuation(text):
+    return _OFFICIAL.processPunctuation(text)
 
-    Lowercase; drop apostrophes ("don't" -> "dont") and thousands commas ("1,000" -> "1000"); other
-    punctuation becomes a space, except decimal points ("2.5"); drop the articles a/an/the; with
-    ``number_words``, "zero".."twenty" become digits; collapse whitespace.
 
-    >>> normalize_answer("  The two Dogs! ")
-    '2 dogs'
-    """
-    text = str(text).lower().strip()
-    text = text.replace("'", "").replace("\u2019", "")
-    text = _THOUSANDS_COMMA.sub("", text)
-    text = _PUNCTUATION.sub(" ", text)
-    words = [w for w in text.split() if w not in _ARTICLES]
-    if number_words:
-        words = [_NUMBER_WORDS.get(w, w) for w in words]
+def _official_digits_articles(text):
+    """Lowercase; number words -> digits; drop articles; restore contractions ("dont" -> "don't")."""
+    words = [_OFFICIAL.manualMap.get(word, word) for word in text.lower().split()]
+    words = [_OFFICIAL.contractions.get(word, word) for word in words if word not in _OFFICIAL.articles]
     return " ".join(words)
 
 
-def answer_score(prediction, ground_truth, number_words=True):
-    """Score one prediction in [0, 1].
+def normalize_answer(text):
+    """Normalise an answer as the official VQA evaluation normalises predictions.
 
-    ``ground_truth`` a string: normalised exact match. A list of annotator answers (VQAv2 style):
-    ``min(1, #matching answers / 3)``, the VQA accuracy formula.
+    >>> normalize_answer("Two dogs!")
+    '2 dogs'
+    >>> normalize_answer("The man doesnt know.")
+    "man doesn't know"
     """
-    pred = normalize_answer(prediction, number_words)
+    text = str(text).replace("\n", " ").replace("\t", " ").strip()
+    return _official_digits_articles(_official_punctuation(text))
+
+
+def answer_score(prediction, ground_truth):
+    """Score one prediction in [0, 1] against one answer (str) or the annotators' answers (list)."""
+    pred = normalize_answer(prediction)
     if isinstance(ground_truth, (list, tuple)):
-        matches = sum(pred == normalize_answer(gt, number_words) for gt in ground_truth)
-        return min(1.0, matches / 3.0)
-    return float(pred == normalize_answer(ground_truth, number_words))
+        answers = [str(answer) for answer in ground_truth]
+        if not answers:
+            raise ValueError("Empty list of ground-truth answers")
+        if len(answers) == 1:
+            return float(pred == normalize_answer(answers[0]))
+        if len(set(answers)) > 1:  # official: annotator answers are cleaned only when they differ
+            answers = [_official_punctuation(answer) for answer in answers]
+        n = len(answers)
+        m = sum(answer == pred for answer in answers)
+        return (m * min(1.0, (m - 1) / 3.0) + (n - m) * min(1.0, m / 3.0)) / n
+    return float(pred == normalize_answer(ground_truth))
 
 
-def vqa_accuracy(records, number_words=True):
+def _mean_percent(total_count):
+    total, count = total_count
+    return 100.0 * total / count
+
+
+def vqa_accuracy(records):
     """Accuracy (percent) of ``records`` (dicts with question_id, answer, gt_answer).
 
     Each question id is scored once (the first record wins); records without a ground truth are
-    not scored. Returns ``{"agg_metrics", "acc", "num_questions"}`` and ``acc_<question_type>``
-    for records that carry a ``question_type``.
+    not scored. Returns ``agg_metrics``, ``acc``, ``num_questions``, plus ``acc_<question_type>``
+    and ``acc_answer_type_<answer_type>`` for records that carry those fields.
     """
     seen = set()
     total, count = 0.0, 0
-    per_type = {}
+    groups = {}
     for record in records:
         qid = record["question_id"]
         if qid in seen or record.get("gt_answer") is None:
             continue
         seen.add(qid)
-        score = answer_score(record["answer"], record["gt_answer"], number_words)
+        score = answer_score(record["answer"], record["gt_answer"])
         total += score
         count += 1
-        if record.get("question_type") is not None:
-            type_total = per_type.setdefault(str(record["question_type"]), [0.0, 0])
-            type_total[0] += score
-            type_total[1] += 1
+        for field, prefix in (("question_type", "acc_"), ("answer_type", "acc_answer_type_")):
+            if record.get(field) is not None:
+                group = groups.setdefault(prefix + str(record[field]), [0.0, 0])
+                group[0] += score
+                group[1] += 1
     acc = 100.0 * total / count if count else 0.0
     metrics = {"agg_metrics": acc, "acc": acc, "num_questions": count}
-    for qtype, (type_score, type_count) in sorted(per_type.items()):
-        metrics[f"acc_{qtype}"] = 100.0 * type_score / type_count
+    for name in sorted(groups):
+        metrics[name] = _mean_percent(groups[name])
     return metrics
 
 
-def _plain(value):
-    """A JSON-friendly version of a batch entry (0-dim tensors become Python numbers)."""
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    return value
-
-
 @registry.register_task("icl_vqa")
-class ICLVQATask(BaseTask):
+class ICLVQATask(ICLEvalTask):
     """Open-ended QA with in-context demonstrations; ``model.predict_answers`` gives one string per query."""
 
-    def __init__(self, num_beams=1, max_len=10, min_len=1, inference_method="generate", prompt=""):
-        super().__init__()
+    result_id_key = "question_id"
+
+    def __init__(self, num_beams=1, max_len=10, min_len=1, inference_method="generate", prompt="",
+                 eval_log_freq=10):
+        super().__init__(eval_log_freq=eval_log_freq)
         self.num_beams = num_beams
         self.max_len = max_len
         self.min_len = min_len
@@ -124,6 +134,7 @@ class ICLVQATask(BaseTask):
             min_len=int(run_cfg.get("min_len", 1)),
             inference_method=str(run_cfg.get("inference_method", "generate")),
             prompt=run_cfg.get("prompt", "") or "",
+            eval_log_freq=int(run_cfg.get("eval_log_freq", 10)),
         )
 
     def valid_step(self, model, samples):
@@ -144,40 +155,24 @@ class ICLVQATask(BaseTask):
                 f"predict_answers returned {len(answers)} answers for {len(question_ids)} questions"
             )
         gt_answers = samples.get("text_output")
-        question_types = samples.get("question_type")
         records = []
         for i, (answer, question_id) in enumerate(zip(answers, question_ids)):
             record = {
-                "question_id": _plain(question_id),
+                "question_id": plain(question_id),
                 "answer": answer,
-                "gt_answer": _plain(gt_answers[i]) if gt_answers is not None else None,
+                "gt_answer": plain(gt_answers[i]) if gt_answers is not None else None,
             }
-            if question_types is not None:
-                record["question_type"] = _plain(question_types[i])
+            for field in ("question_type", "answer_type"):
+                if samples.get(field) is not None:
+                    record[field] = plain(samples[field][i])
             records.append(record)
         return records
 
-    def after_evaluation(self, val_result, split_name, epoch=None, **kwargs):
-        result_file = self.save_result(
-            val_result,
-            result_dir=registry.get_path("result_dir"),
-            filename=f"{split_name}_epoch{epoch}",
-            remove_duplicate="question_id",
-        )
-        if not is_main_process():
-            return None
-
-        with open(result_file) as f:
-            results = json.load(f)
+    def score(self, results, split_name):
         metrics = vqa_accuracy(results)
         if metrics["num_questions"] < len(results):
             logging.warning(
                 "%s: %d of %d answers have no ground truth and are not scored.",
                 split_name, len(results) - metrics["num_questions"], len(results),
             )
-        logging.info(
-            "%s accuracy: %.2f%% over %d questions", split_name, metrics["acc"], metrics["num_questions"]
-        )
-        with open(os.path.join(registry.get_path("output_dir"), "evaluate.txt"), "a") as f:
-            f.write(json.dumps({split_name: metrics}) + "\n")
         return metrics

@@ -1,7 +1,9 @@
-"""`make demo`: train and evaluate MMICT and its no-demonstration twin, then compare them.
+"""`make demo`: train and evaluate MMICT and its no-demonstration twin, compare them, then sweep K.
 
 Each run is LAVIS's usual `torch.distributed.run ... train.py --cfg-path <yaml>` with 2 CPU
-processes on the tiny offline model and the generated synthetic video-QA set.
+processes on the tiny offline model and the generated synthetic video-QA set. Then each run's best
+checkpoint is evaluated on the test split with K = 0..3 demonstrations (run_scripts/mmict/shot_sweep.py,
+evaluation only), giving a table and a plot in output/mmict_demo_sweep/.
 """
 import glob
 import json
@@ -11,6 +13,11 @@ import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shot_sweep  # noqa: E402
+
+SWEEP_SHOTS = [0, 1, 2, 3]
+SWEEP_OUTPUT_DIR = "output/mmict_demo_sweep"
 RUNS = [
     ("mmict", "projects/mmict/demo.yaml"),
     ("none", "projects/mmict/demo_none.yaml"),
@@ -66,6 +73,15 @@ def main():
         print("| " + " | ".join(cells) + " |")
     for demo_format, _, _, log_path in rows:
         print(f"{demo_format}: {log_path}")
+
+    # K sweep of both trained models, evaluation only: MMICT needs its demos, `none` ignores them
+    start = time.time()
+    sweep_args = ["--shots", *map(str, SWEEP_SHOTS), "--output-dir", SWEEP_OUTPUT_DIR, "--nproc", "2",
+                  "--title", "MMICT demo: test accuracy vs K"]
+    for (demo_format, cfg_path), (_, _, _, log_path) in zip(RUNS, rows):
+        sweep_args += ["--run", demo_format, cfg_path, os.path.join(os.path.dirname(log_path), "checkpoint_best.pth")]
+    shot_sweep.main(sweep_args)
+    print(f"(sweep: {time.time() - start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""Shot-sweep reports: one metric per (demo format, K), as ``results.json``, a markdown table and
+a PNG plot (metric vs K, one line per format).
+
+A sweep is a list of rows::
+
+    {"label": "mmict", "demo_format": "mmict", "shots": 2, "split": "test",
+     "metrics": {"agg_metrics": 61.2, "acc": 61.2, ...}, "checkpoint": "...", "cfg_path": "..."}
+
+``label`` names a line (the demo format, unless two runs share one); :func:`write_sweep_report`
+writes everything, :func:`read_sweep_rows` reads ``results.json`` back (to merge sweeps).
+"""
+import json
+import math
+import os
+
+__all__ = [
+    "RESULTS_JSON",
+    "RESULTS_MD",
+    "RESULTS_PNG",
+    "format_value",
+    "is_percent_metric",
+    "markdown_report",
+    "plot_sweep",
+    "read_sweep_rows",
+    "shots_table",
+    "write_sweep_report",
+]
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+RESULTS_PNG = "results.png"
+DEFAULT_METRIC = "agg_metrics"
+
+
+def is_percent_metric(name, metrics):
+    """VQA accuracies (``acc``, ``acc_<type>`` and the ``agg_metrics`` beside them) are percents."""
+    return name.startswith("acc") or (name == "agg_metrics" and "acc" in metrics)
+
+
+def format_value(value, percent=False):
+    """Numbers for tables: percents with 1 decimal, other scores (BLEU, CIDEr...) with 4."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.1f}" if percent else f"{value:.4f}"
+
+
+def _cell(metrics, name):
+    return format_value(metrics.get(name), is_percent_metric(name, metrics))
+
+
+def _ordered(values):
+    seen = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return seen
+
+
+def _labels(rows):
+    return _ordered(row["label"] for row in rows)
+
+
+def _splits(rows):
+    return _ordered(row["split"] for row in rows)
+
+
+def _shots(rows):
+    return sorted({int(row["shots"]) for row in rows})
+
+
+def _lookup(rows):
+    return {(row["label"], row["split"], int(row["shots"])): row["metrics"] for row in rows}
+
+
+def shots_table(rows, split, metric=DEFAULT_METRIC):
+    """Markdown table for one split: one row per label, one column per K."""
+    shots = _shots(rows)
+    values = _lookup(rows)
+    lines = ["| demo_format | " + " | ".join(f"K={k}" for k in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for label in _labels(rows):
+        cells = [_cell(values.get((label, split, k), {}), metric) for k in shots]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _all_metrics_table(rows):
+    names = _ordered(name for row in rows for name in row["metrics"])
+    lines = ["| demo_format | split | K | " + " | ".join(names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for row in sorted(rows, key=lambda r: (_labels(rows).index(r["label"]), r["split"], int(r["shots"]))):
+        cells = [_cell(row["metrics"], name) for name in names]
+        lines.append(f"| {row['label']} | {row['split']} | {row['shots']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(rows, metric=DEFAULT_METRIC, title="Shot sweep"):
+    """The whole markdown report: per split a K table of ``metric``, then every metric."""
+    parts = [f"# {title}", ""]
+    for split in _splits(rows):
+        parts += [f"## {split}: {metric} by number of demonstrations K", "", shots_table(rows, split, metric), ""]
+    parts += ["## All metrics", "", _all_metrics_table(rows), ""]
+    sources = _ordered(
+        (row["label"], row.get("checkpoint") or "config weights", row.get("cfg_path") or "") for row in rows
+    )
+    parts += ["Runs: " + "; ".join(f"{label}: {cfg} ({ckpt})" for label, ckpt, cfg in sources), ""]
+    return "\n".join(parts)
+
+
+def plot_sweep(rows, path, metric=DEFAULT_METRIC, title="Shot sweep"):
+    """PNG: ``metric`` vs K, one line per label, one panel per split (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits, shots, values = _splits(rows), _shots(rows), _lookup(rows)
+    figure, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4), squeeze=False)
+    for axis, split in zip(axes[0], splits):
+        for label in _labels(rows):
+            points = [(k, values[(label, split, k)].get(metric)) for k in shots if (label, split, k) in values]
+            points = [(k, v) for k, v in points if isinstance(v, (int, float))]
+            if points:
+                axis.plot([k for k, _ in points], [v for _, v in points], marker="o", label=label)
+        axis.set_xticks(shots)
+        axis.set_xlabel("demonstrations per query (K)")
+        axis.set_ylabel(metric)
+        axis.set_title(f"{title}: {split}")
+        axis.grid(True, alpha=0.3)
+        axis.legend(title="demo_format")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_sweep_report(rows, output_dir, metric=DEFAULT_METRIC, title="Shot sweep"):
+    """Write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``; returns
+    ``{"json": path, "markdown": path, "png": path, "table": markdown text}``."""
+    if not rows:
+        raise ValueError("No sweep results to report")
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {name: os.path.join(output_dir, file) for name, file in
+             (("json", RESULTS_JSON), ("markdown", RESULTS_MD), ("png", RESULTS_PNG))}
+    with open(paths["json"], "w") as f:
+        json.dump({"metric": metric, "title": title, "rows": rows}, f, indent=1)
+    report = markdown_report(rows, metric, title)
+    with open(paths["markdown"], "w") as f:
+        f.write(report)
+    plot_sweep(rows, paths["png"], metric, title)
+    paths["table"] = "\n\n".join(shots_table(rows, split, metric) for split in _splits(rows))
+    return paths
+
+
+def read_sweep_rows(path):
+    """The rows of a ``results.json`` written by :func:`write_sweep_report`."""
+    with open(path) as f:
+        content = json.load(f)
+    if not isinstance(content, dict) or not isinstance(content.get("rows"), list):
+        raise ValueError(f"{path} is not a shot-sweep results.json (no 'rows' list)")
+    for index, row in enumerate(content["rows"]):
+        missing = [key for key in ("label", "shots", "split", "metrics") if key not in row]
+        if missing:
+            raise ValueError(f"{path}: row {index} is missing {missing}")
+    return content["rows"]
