@@ -95,6 +95,7 @@ def make_vqav2(root, images=None, questions_per_image=2, unlabelled_test=True):
                           "dataset": "vqa"}
                 if not (unlabelled_test and split == "test"):
                     record["answer"] = [f"red{number}"] * 6 + [f"blue{number}"] * 4
+                    record["answer_type"] = "other"
                 records.append(record)
                 question_id += 1
             number += 1

@@ -126,6 +126,7 @@ def test_vqav2_trains_on_the_majority_answer_and_scores_the_answer_list(made_fil
     val_item = datasets["val"][0]
     assert sorted(set(val_item["text_output"])) == ["blue4", "red4"] and len(val_item["text_output"]) == 10
     assert datasets["test"][0]["text_output"] is None  # unlabelled test-dev style split
+    assert val_item["answer_type"] == "other"  # for icl_vqa's acc_answer_type_<type>
     assert "Short answer: red0" in datasets["val"][0]["demo_text"][0] or any(
         "Short answer: red" in text for text in datasets["val"][0]["demo_text"])
 

@@ -128,14 +128,15 @@ def test_msrvtt_qa_conversion(tmp_path):
 
 def test_vqav2_conversion_keeps_answer_lists_and_unlabelled_test(tmp_path):
     questions = {"data_subtype": "val2014", "questions": [{"image_id": 42, "question": "what?", "question_id": 420}]}
-    annotations = {"annotations": [{"question_id": 420, "answer_type": "other",
+    annotations = {"annotations": [{"question_id": 420, "answer_type": "other", "question_type": "what color",
                                     "answers": [{"answer": "red", "answer_id": i} for i in range(10)]}]}
     q_path = files.write_json(str(tmp_path / "q.json"), questions)
     a_path = files.write_json(str(tmp_path / "a.json"), annotations)
     convert = load_script("convert_vqav2").convert
     record = json.load(open(convert(q_path, a_path, str(tmp_path / "vqa_val.json"))))[0]
     assert record == {"question_id": 420, "question": "what?", "image": "val2014/COCO_val2014_000000000042.jpg",
-                      "image_id": 42, "answer": ["red"] * 10, "question_type": "other"}
+                      "image_id": 42, "answer": ["red"] * 10, "question_type": "what color",
+                      "answer_type": "other"}
     test_q = files.write_json(str(tmp_path / "t.json"), dict(questions, data_subtype="test-dev2015"))
     test_record = json.load(open(convert(test_q, None, str(tmp_path / "vqa_test.json"))))[0]
     assert "answer" not in test_record and test_record["image"].startswith("test2015/COCO_test2015_")

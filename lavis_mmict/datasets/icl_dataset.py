@@ -269,7 +269,7 @@ class ICLDataset(Dataset):
 
 
 # Per-sample values passed through as lists, when the samples carry them.
-PASS_THROUGH_KEYS = ("question_id", "question_type", "video", "image_id")
+PASS_THROUGH_KEYS = ("question_id", "question_type", "answer_type", "video", "image_id")
 
 
 def collate_icl_samples(samples: List[dict]) -> dict:

@@ -255,8 +255,9 @@ class MediaRecordDataset(BaseDataset):
                 "text_output": answer,
                 "question_id": record["question_id"],
             }
-            if "question_type" in record:  # lets the task report accuracy per question type
-                item["question_type"] = record["question_type"]
+            for field in ("question_type", "answer_type"):  # the task reports accuracy per type
+                if field in record:
+                    item[field] = record[field]
             if self.data_type == "images":
                 item["image_id"] = record.get("image_id", record["image"])
         if self.data_type == "videos":

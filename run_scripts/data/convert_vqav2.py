@@ -47,7 +47,10 @@ def convert(questions_path, annotations_path, output_path):
                 raise ValueError(f"{annotations_path}: no annotation for question_id {question['question_id']} "
                                  f"(question {index} of {questions_path})")
             record["answer"] = [answer["answer"] for answer in annotation["answers"]]
-            record["question_type"] = annotation.get("answer_type", "other")
+            # VQAv2's breakdowns: question_type ("what color", ...) and answer_type (yes/no, number, other)
+            for field in ("question_type", "answer_type"):
+                if field in annotation:
+                    record[field] = annotation[field]
         records.append(record)
     write_json_atomic(output_path, records)
     return output_path
