@@ -115,7 +115,8 @@ def test_autocast_dtype_follows_lavis_per_family(model, monkeypatch):
     seen = []
     monkeypatch.setattr(model, "maybe_autocast", lambda dtype=torch.float16: seen.append(dtype) or contextlib.nullcontext())
     model.generate(one_sample(make_batch(), 0), num_beams=1, max_length=2)
-    assert seen == [torch.bfloat16 if model.family.encoder_decoder else torch.float16]
+    # the whole call under the LLM's dtype, the vision side (ViT, M-Hub) in fp16 inside it
+    assert seen == [torch.bfloat16 if model.family.encoder_decoder else torch.float16, torch.float16]
     # on CPU LAVIS's maybe_autocast is a no-op: everything runs in float32
     assert isinstance(MMICTBlip2.maybe_autocast(model), contextlib.nullcontext)
 

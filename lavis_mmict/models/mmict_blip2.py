@@ -424,7 +424,10 @@ class MMICTBlip2(Blip2Base):
 
     def prefix_segments(self, samples, prompt=None):
         """[demos with separators] [query visual tokens] [prompt] for every sample."""
-        encoded = self.encode(samples)
+        # Vision side in fp16 under CUDA AMP, as LAVIS's BLIP-2 (its runner's AMP is fp16), also
+        # when the LLM runs in bf16 (FlanT5); no-op on CPU.
+        with self.maybe_autocast(torch.float16):
+            encoded = self.encode(samples)
         dtype = self.llm_model.get_input_embeddings().weight.dtype
         segments = []
         if encoded.demo_embeds is not None:
@@ -446,8 +449,8 @@ class MMICTBlip2(Blip2Base):
     def forward(self, samples):
         """Returns {"loss"}: cross-entropy averaged over the batch's target tokens only."""
         self._float32_on_cpu()
-        # One autocast region (CUDA only) around everything, as LAVIS's BLIP-2: fp16 ViT features
-        # meet the fp32 Q-Former inside it; bf16 for FlanT5.
+        # Autocast (CUDA only) around everything, as LAVIS's BLIP-2: fp16 ViT features meet the
+        # fp32 Q-Former inside it; the LLM in fp16 (OPT) or bf16 (FlanT5).
         with self.maybe_autocast(self.family.autocast_dtype):
             loss, _ = llm_loss(self.llm_model, self.prefix_segments(samples),
                                self.target_segment(samples["text_output"]), self.family.encoder_decoder)
