@@ -3,7 +3,7 @@
 One path serves every model (MMICT, AIM) and both LLM families (OPT's decoder input, T5's encoder
 input). Each piece is a ``Segment`` covering the whole batch with its own padding; packing keeps
 each sample's real positions in order, drops the pads and pads the result once, without a Python
-loop over samples.
+loop over samples. ``llm_loss`` and ``llm_generate`` hand packed pieces to either LLM family.
 """
 from dataclasses import dataclass
 from typing import List, Optional
