@@ -19,15 +19,24 @@ def load_model(name, model_type=None, is_eval=False, device="cpu", checkpoint=No
 
     ``model_type`` defaults to the model's ``default_model_type`` (``tiny`` for our models, the only
     type that needs no downloaded weights). ``checkpoint`` is a path to a checkpoint written by our
-    runners (trainable parameters only) loaded on top of the type's weights.
+    runners (trainable parameters only) loaded on top of the type's weights; for ``finetuned_*``
+    types it is the checkpoint they require (their ``model.finetuned``).
     """
     from lavis.common.registry import registry
+    from omegaconf import OmegaConf
 
     model_cls = registry.get_model_class(name)
     if model_cls is None:
         known = sorted(registry.mapping["model_name_mapping"])
         raise ValueError(f"Unknown model {name!r}; registered models: {known}")
-    model = model_cls.from_pretrained(model_type=model_type or model_cls.default_model_type)
+    model_type = model_type or model_cls.default_model_type
+    if model_type not in model_cls.PRETRAINED_MODEL_CONFIG_DICT:
+        raise ValueError(f"Unknown model_type {model_type!r} for {name}; valid: "
+                         f"{list(model_cls.PRETRAINED_MODEL_CONFIG_DICT)}")
+    cfg = OmegaConf.load(model_cls.default_config_path(model_type)).model
+    if checkpoint is not None and cfg.get("load_finetuned", False):
+        cfg.finetuned, checkpoint = checkpoint, None
+    model = model_cls.from_config(cfg)
     if checkpoint is not None:
         model.load_trainable_checkpoint(checkpoint)
     if is_eval:
@@ -35,3 +44,14 @@ def load_model(name, model_type=None, is_eval=False, device="cpu", checkpoint=No
     if str(device) == "cpu":
         model = model.float()
     return model.to(device)
+
+
+def _refresh_lavis_model_zoo():
+    """LAVIS builds ``lavis.models.model_zoo`` when it is imported, before our models register;
+    refresh it in place so ``print(model_zoo)`` lists them too."""
+    import lavis.models
+
+    lavis.models.model_zoo.__init__()
+
+
+_refresh_lavis_model_zoo()

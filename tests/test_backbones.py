@@ -68,3 +68,41 @@ def test_missing_real_weights_fail_at_once_and_say_where_to_put_them(tmp_path, m
     assert str(tmp_path) in message and "eva_vit_g.pth" in message and "model.vit_weights" in message
     with pytest.raises(backbones.MissingWeightsError, match="model.vit_weights"):
         backbones.resolve_weights_file(str(tmp_path / "nope.pth"), "Vision encoder weights", "vit_weights")
+
+
+def test_tiny_t5_builds_like_flant5_with_the_separator_in_a_spare_row():
+    cfg = tiny_config(llm_model="assets/tiny_t5")
+    llm, tokenizer, family = backbones.build_llm(cfg, extra_tokens=[SEPARATOR_TOKEN])
+    assert family == "t5" and type(tokenizer).__name__ == "T5TokenizerFast"  # as LAVIS's Blip2T5
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+    rows = llm.get_input_embeddings().num_embeddings
+    assert rows == llm.config.vocab_size and len(tokenizer) <= rows  # not resized (frozen shapes kept)
+    assert tokenizer.convert_tokens_to_ids(SEPARATOR_TOKEN) == len(tokenizer) - 1
+    assert tokenizer("red").input_ids[-1] == tokenizer.eos_token_id
+    for word in SYNTHETIC_VOCABULARY:
+        assert len(tokenizer(" " + word, add_special_tokens=False).input_ids) == 1, word
+
+
+def test_added_tokens_keep_the_tokenizers_own_special_tokens():
+    _, tokenizer, _ = backbones.build_llm(tiny_config(llm_model="assets/tiny_t5"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<extra_id_0>"]})
+    llm, _, _ = backbones.build_llm(tiny_config(llm_model="assets/tiny_t5"))
+    backbones.add_special_tokens(tokenizer, llm, [SEPARATOR_TOKEN])
+    assert tokenizer.additional_special_tokens == ["<extra_id_0>", SEPARATOR_TOKEN]
+
+
+def test_llm_config_overrides_and_dtype_choice():
+    llm, _, _ = backbones.build_llm(tiny_config(llm_model="assets/tiny_t5", llm_config_overrides={"dense_act_fn": "gelu"}))
+    assert llm.config.dense_act_fn == "gelu"  # what LAVIS's Blip2T5 sets for FlanT5
+    with pytest.raises(ValueError, match="model.llm_dtype"):
+        backbones.build_llm(tiny_config(llm_init="pretrained", llm_dtype="fp8"))
+
+
+def test_missing_local_files_are_named(tmp_path):
+    cfg = tiny_config(llm_model=str(tmp_path), llm_init="pretrained")
+    (tmp_path / "config.json").write_text("{}")
+    problems = backbones.missing_weights(cfg)
+    assert len(problems) == 1 and "model.llm_model" in problems[0] and "pytorch_model.bin" in problems[0]
+    with pytest.raises(backbones.MissingWeightsError, match="tokenizer.json or vocab.json"):
+        backbones.check_weights_available(cfg)
+    assert backbones.missing_weights(tiny_config()) == []  # the tiny types need nothing downloaded

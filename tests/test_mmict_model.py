@@ -188,7 +188,7 @@ def test_generation_greedy_and_beam_return_one_answer_per_query(model, monkeypat
 def test_unknown_demo_format_is_a_clear_error():
     from lavis_mmict.models.mmict_blip2 import check_demo_format
 
-    with pytest.raises(ValueError, match="valid: \\['mmict', 'none'\\]"):
+    with pytest.raises(ValueError, match="model.demo_format 'mmict_v2'; valid: \\['mmict', 'vanilla_ict', 'text_only', 'none'\\]"):
         check_demo_format("mmict_v2")
 
 

@@ -1,14 +1,24 @@
 """``mmict_blip2``: BLIP-2 fine-tuned with multi-modal in-context demonstrations (MMICT).
 
 Data flow for a batch of B queries with up to K demonstrations each (see DESIGN.md):
-  frozen ViT on every query and demo frame in one call
-  -> M-Hub (Q-Former with text) on all B + (real demos) items in one call
-  -> demos give their text-position outputs, the query its N query outputs
-  -> LLM input per sample: [demo 1] <sep> ... [demo K] <sep> [query visual N] [prompt] (+ target)
+  frozen ViT on every query frame and every demo frame that the format needs, in one call
+  -> M-Hub (Q-Former with text) on all queries and demos that need it, in one call
+  -> each demonstration becomes LLM input according to ``demo_format``:
+       mmict        its M-Hub text-position outputs (visual-guided text features)
+       vanilla_ict  its N visual query outputs (no text in the Q-Former) + LLM embeddings of its text
+       text_only    LLM embeddings of its text (no vision)
+       none         nothing (plain BLIP-2 fine-tuning, K = 0)
+  -> LLM input per sample: [demo 1] <sep> ... [demo K] <sep> [query visual] [prompt], packed
+     without padding gaps (models/sequence.py); OPT reads the target after it, FlanT5 reads it as
+     encoder input with the target as decoder labels
   -> one LLM call: loss over the batch's target tokens, or generate().
+The query is encoded the same way in every format (M-Hub with its question), so the formats
+differ only in what the demonstrations contribute.
 """
 import logging
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -18,14 +28,35 @@ from lavis.models.blip2_models.blip2 import Blip2Base
 from lavis_mmict import backbones
 from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
 from lavis_mmict.models.mhub import MultiModalHub
-from lavis_mmict.models.sequence import NO_TOKEN, IGNORE_INDEX, Segment, demo_segment, pack_segments
+from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, llm_generate, llm_loss
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
 
 SEPARATOR_TOKEN = "<|endofchunk|>"
 
-# What each demonstration format feeds the LLM; "none" is plain BLIP-2 fine-tuning (K = 0).
-DEMO_FORMATS = ("mmict", "none")
+# What each demonstration format feeds the LLM (module docstring); "none" is plain BLIP-2 (K = 0).
+DEMO_FORMATS = ("mmict", "vanilla_ict", "text_only", "none")
+# How a clip of F frames meets the Q-Former: one memory of all frames' patch tokens (N query tokens
+# per clip, as the MMICT reference), or one M-Hub pass per frame (N x F tokens, as InstructBLIP).
+FRAME_MODES = ("concat", "per_frame")
+
+
+@dataclass(frozen=True)
+class LLMFamily:
+    """What differs between decoder-only and encoder-decoder LLMs, as data."""
+
+    encoder_decoder: bool  # T5: the prefix is the encoder input, the target the decoder labels
+    answer_suffix: str  # appended to targets: BLIP-2 OPT answers end with "\n" (its stop token)
+    target_special_tokens: bool  # T5 targets end with </s> (the tokenizer adds it)
+    autocast_dtype: torch.dtype  # LAVIS: fp16 around OPT, bf16 around FlanT5 (fp16 overflows in T5)
+
+
+LLM_FAMILIES = {
+    "opt": LLMFamily(encoder_decoder=False, answer_suffix="\n", target_special_tokens=False,
+                     autocast_dtype=torch.float16),
+    "t5": LLMFamily(encoder_decoder=True, answer_suffix="", target_special_tokens=True,
+                    autocast_dtype=torch.bfloat16),
+}
 
 # LAVIS BLIP-2 checkpoint key prefixes -> ours (one model class serves OPT and T5).
 LAVIS_KEY_PREFIXES = {
@@ -36,12 +67,22 @@ LAVIS_KEY_PREFIXES = {
     "t5_proj.": "llm_proj.",
     "t5_model.": "llm_model.",
 }
+# Vocabulary tables: a checkpoint may have fewer rows than ours (we add the separator token).
+VOCABULARY_TABLES = ("embed_tokens.weight", "lm_head.weight", "shared.weight", "word_embeddings.weight")
+
+
+def _check_choice(value, valid, key):
+    if value not in valid:
+        raise ValueError(f"Unknown model.{key} {value!r}; valid: {list(valid)}")
+    return value
 
 
 def check_demo_format(demo_format):
-    if demo_format not in DEMO_FORMATS:
-        raise ValueError(f"Unknown model.demo_format {demo_format!r}; valid: {list(DEMO_FORMATS)}")
-    return demo_format
+    return _check_choice(demo_format, DEMO_FORMATS, "demo_format")
+
+
+def check_frame_mode(frame_mode):
+    return _check_choice(frame_mode, FRAME_MODES, "frame_mode")
 
 
 def map_lavis_keys(state_dict):
@@ -56,10 +97,51 @@ def map_lavis_keys(state_dict):
     return mapped
 
 
+def fit_vocabulary_rows(state_dict, own_state):
+    """Vocabulary tables whose row count differs from ours (tokens added on either side): take the
+    checkpoint's rows where both have them and keep ours for the rest (e.g. the separator)."""
+    fitted = dict(state_dict)
+    for key, value in state_dict.items():
+        own = own_state.get(key)
+        if (own is not None and key.endswith(VOCABULARY_TABLES) and value.dim() == 2
+                and own.shape != value.shape and own.shape[1] == value.shape[1]):
+            rows = min(own.shape[0], value.shape[0])
+            merged = own.detach().clone()
+            merged[:rows] = value[:rows].to(merged.dtype)
+            fitted[key] = merged
+    return fitted
+
+
+@dataclass
+class EncodedBatch:
+    """What the encoders give the LLM, before packing.
+
+    query_visual (B, Nq, D): the query's visual tokens (Nq = N, or N x F per frame);
+    demo_embeds (B, K, L, D), demo_token_mask (B, K, L) bool, demo_mask (B, K) bool: per demo slot,
+    or all None when no demonstration reaches the LLM.
+    """
+
+    query_visual: torch.Tensor
+    demo_embeds: Optional[torch.Tensor] = None
+    demo_token_mask: Optional[torch.Tensor] = None
+    demo_mask: Optional[torch.Tensor] = None
+
+
 @registry.register_model("mmict_blip2")
 class MMICTBlip2(Blip2Base):
+    """BLIP-2 (OPT or FlanT5) with MMICT demonstrations. Model types: see PRETRAINED_MODEL_CONFIG_DICT."""
+
     PRETRAINED_MODEL_CONFIG_DICT = {
         "tiny": os.path.join(CONFIG_DIR, "mmict_blip2_tiny.yaml"),
+        "tiny_t5": os.path.join(CONFIG_DIR, "mmict_blip2_tiny_t5.yaml"),
+        "pretrain_opt2.7b": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_opt2.7b.yaml"),
+        "pretrain_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_opt6.7b.yaml"),
+        "pretrain_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_flant5xl.yaml"),
+        "pretrain_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_flant5xxl.yaml"),
+        "finetuned_opt2.7b": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_opt2.7b.yaml"),
+        "finetuned_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_opt6.7b.yaml"),
+        "finetuned_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_flant5xl.yaml"),
+        "finetuned_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_flant5xxl.yaml"),
     }
     default_model_type = "tiny"
 
@@ -71,10 +153,14 @@ class MMICTBlip2(Blip2Base):
         qformer_tokenizer,
         llm_model,
         llm_tokenizer,
+        llm_family="opt",
         demo_format="mmict",
         prompt="",
         max_txt_len=32,
         freeze_vit=True,
+        frame_mode="concat",
+        train_separator=False,
+        num_frames=None,
     ):
         super().__init__()
         self.visual_encoder = visual_encoder
@@ -83,7 +169,11 @@ class MMICTBlip2(Blip2Base):
         self.qformer_tokenizer = qformer_tokenizer
         self.llm_model = llm_model
         self.llm_tokenizer = llm_tokenizer
+        self.llm_family = _check_choice(llm_family, tuple(LLM_FAMILIES), "llm_model family")
+        self.family = LLM_FAMILIES[llm_family]
         self.demo_format = check_demo_format(demo_format)
+        self.frame_mode = check_frame_mode(frame_mode)
+        self.num_frames = num_frames
         self.prompt = prompt
         self.max_txt_len = max_txt_len
         self.freeze_vit = freeze_vit
@@ -92,18 +182,49 @@ class MMICTBlip2(Blip2Base):
             mhub.Qformer.config.hidden_size, llm_model.get_input_embeddings().embedding_dim
         )
         self.separator_id = llm_tokenizer.convert_tokens_to_ids(SEPARATOR_TOKEN)
-        # Answers end with a newline, as LAVIS's BLIP-2 OPT was trained; generation stops there.
-        self.answer_end = "\n"
-        self.answer_end_id = llm_tokenizer(self.answer_end, add_special_tokens=False).input_ids[0]
+        if self.separator_id == llm_tokenizer.unk_token_id:
+            raise ValueError(f"the LLM tokenizer lacks the separator {SEPARATOR_TOKEN!r}; build it with "
+                             "backbones.build_llm(cfg, extra_tokens=[SEPARATOR_TOKEN])")
+        # The reference leaves the separator a frozen random row of the frozen LLM; optionally it is
+        # a trainable vector of its own, initialised from that row.
+        self.train_separator = train_separator
+        if train_separator:
+            row = llm_model.get_input_embeddings().weight[self.separator_id].detach().float().clone()
+            self.separator_embed = nn.Parameter(row)
+        if self.family.encoder_decoder:
+            self.answer_end_id = llm_tokenizer.eos_token_id
+        else:
+            self.answer_end_id = llm_tokenizer(self.family.answer_suffix, add_special_tokens=False).input_ids[0]
 
     # ---------------------------------------------------------------- building
     @classmethod
+    def default_config_path(cls, model_type=None):
+        model_type = model_type or cls.default_model_type
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            raise ValueError(f"Unknown model_type {model_type!r} for mmict_blip2; valid: "
+                             f"{list(cls.PRETRAINED_MODEL_CONFIG_DICT)}")
+        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
+
+    @classmethod
+    def from_pretrained(cls, model_type=None):
+        return super().from_pretrained(model_type or cls.default_model_type)
+
+    @classmethod
     def from_config(cls, cfg):
+        # Cheap checks first: a typo or missing weights fail before a 1B-parameter ViT is built.
+        demo_format = check_demo_format(cfg.get("demo_format", "mmict"))
+        frame_mode = check_frame_mode(cfg.get("frame_mode", "concat"))
+        if cfg.get("load_finetuned", False) and not cfg.get("finetuned", None):
+            raise ValueError(
+                f"model_type {cfg.get('model_type')!r} loads a fine-tuned checkpoint: set model.finetuned to "
+                "a checkpoint written by train.py (e.g. output/<run>/<job_id>/checkpoint_best.pth), "
+                "or pass checkpoint=... to lavis_mmict.load_model."
+            )
+        backbones.check_weights_available(cfg)
+
         visual_encoder, ln_vision = backbones.build_vision_encoder(cfg)
         qformer, query_tokens, qformer_tokenizer = backbones.build_qformer(cfg, visual_encoder.num_features)
         llm_model, llm_tokenizer, family = backbones.build_llm(cfg, extra_tokens=[SEPARATOR_TOKEN])
-        if family != "opt":
-            raise NotImplementedError(f"mmict_blip2 supports OPT LLMs for now, got {family!r}")
         model = cls(
             visual_encoder=visual_encoder,
             ln_vision=ln_vision,
@@ -111,24 +232,43 @@ class MMICTBlip2(Blip2Base):
             qformer_tokenizer=qformer_tokenizer,
             llm_model=llm_model,
             llm_tokenizer=llm_tokenizer,
-            demo_format=cfg.get("demo_format", "mmict"),
+            llm_family=family,
+            demo_format=demo_format,
             prompt=cfg.get("prompt", ""),
             max_txt_len=cfg.get("max_txt_len", 32),
             freeze_vit=cfg.get("freeze_vit", True),
+            frame_mode=frame_mode,
+            train_separator=cfg.get("train_separator", False),
+            num_frames=cfg.get("num_frames", None),
         )
-        for key in ("pretrained", "finetuned"):
-            if cfg.get(key):
-                model.load_lavis_checkpoint(cfg.get(key), config_key=key)
+        if cfg.get("pretrained", None):
+            model.load_lavis_checkpoint(cfg.pretrained, config_key="pretrained")
+        if cfg.get("load_finetuned", False):
+            model.load_trainable_checkpoint(cfg.finetuned)
         return model
 
     def load_lavis_checkpoint(self, url_or_path, config_key="pretrained"):
-        """Load a LAVIS BLIP-2 (or our own) checkpoint; keys are mapped, the rest stays as built."""
+        """Load a LAVIS BLIP-2 (``blip2_opt``/``blip2_t5``) or full ``mmict_blip2`` checkpoint.
+
+        Keys are mapped to ours and vocabulary tables fitted (the separator row stays ours); what
+        the checkpoint lacks (M-Hub's text embeddings and text FFN, which BLIP-2 drops) keeps its
+        built value (bert-base-uncased for real types). Returns torch's (missing, unexpected) keys.
+        """
         path = backbones.resolve_weights_file(url_or_path, "BLIP-2 checkpoint", config_key)
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         state_dict = map_lavis_keys(checkpoint.get("model", checkpoint))
+        state_dict = fit_vocabulary_rows(state_dict, self.state_dict())
         result = self.load_state_dict(state_dict, strict=False)
-        logging.info("loaded %s; missing keys: %d; unexpected: %s", path, len(result.missing_keys), result.unexpected_keys)
+        logging.info("loaded %s; missing keys: %d; unexpected: %s", path, len(result.missing_keys),
+                     result.unexpected_keys)
         return result
+
+    # LAVIS names: `load_model(..., checkpoint=)` calls load_checkpoint, configs call load_from_pretrained.
+    def load_checkpoint(self, url_or_filename):
+        return self.load_lavis_checkpoint(url_or_filename, config_key="finetuned")
+
+    def load_from_pretrained(self, url_or_filename):
+        return self.load_lavis_checkpoint(url_or_filename, config_key="pretrained")
 
     def load_trainable_checkpoint(self, path):
         """Load a checkpoint written by our runners (trainable parameters only), checked first."""
@@ -136,15 +276,16 @@ class MMICTBlip2(Blip2Base):
         return load_trainable_state_dict(self, checkpoint["model"], source=path)
 
     # ---------------------------------------------------------------- encoders
-    def encode_visual(self, frames):
-        """frames (M, F, 3, H, W) -> visual memory (M, F * tokens, Dv) with all F frames' tokens
-        concatenated (one cross-attention memory per clip), and its mask (M, F * tokens)."""
+    def encode_frames(self, frames):
+        """frames (M, F, 3, H, W) -> per-frame visual tokens (M, F, P, Dv), after ``ln_vision``.
+
+        The only place the ViT runs: a cache of frozen demo features can take its place.
+        """
         num_items, num_frames = frames.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vit):
             features = self.visual_encoder(frames.flatten(0, 1))
-        features = self.ln_vision(features).reshape(num_items, num_frames * features.shape[1], -1)
-        mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
-        return features, mask
+        features = self.ln_vision(features)
+        return features.reshape(num_items, num_frames, *features.shape[1:])
 
     def tokenize_for_qformer(self, texts):
         tokens = self.qformer_tokenizer(
@@ -152,47 +293,94 @@ class MMICTBlip2(Blip2Base):
         ).to(self.device)
         return tokens.input_ids, tokens.attention_mask
 
-    def encode_query_and_demos(self, samples):
-        """One ViT call and one M-Hub call over every query and every real demonstration.
+    def run_mhub(self, frame_features, texts, text_visible):
+        """One M-Hub pass over M clips.
 
-        Returns (query_visual (B, N, D_llm), demo_embeds (B, K, L, D_llm) or None,
-        demo_token_mask (B, K, L) or None, demo_mask (B, K) or None).
+        frame_features (M, F, P, Dv); texts: M strings; text_visible (M,) bool: False gives a clip
+        no text (its queries then equal a vision-only pass; its text outputs are meaningless).
+        Returns (query outputs (M, Nq, H), text outputs (M, L, H), text mask (M, L) bool), with
+        Nq = N for ``concat`` and N x F for ``per_frame`` (text outputs then averaged over frames).
         """
+        num_items, num_frames, num_patches, _ = frame_features.shape
+        ids, mask = self.tokenize_for_qformer(texts)
+        mask = mask * text_visible.to(mask.dtype).unsqueeze(1)
+        if self.frame_mode == "concat":
+            memory = frame_features.flatten(1, 2)
+        else:
+            memory = frame_features.flatten(0, 1)
+            ids, mask = ids.repeat_interleave(num_frames, 0), mask.repeat_interleave(num_frames, 0)
+        memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        hub = self.mhub(memory, memory_mask, ids, mask)
+        queries, text = hub.query_features, hub.text_features
+        if self.frame_mode == "per_frame":
+            queries = queries.reshape(num_items, num_frames * queries.shape[1], -1)
+            text = text.reshape(num_items, num_frames, *text.shape[1:]).mean(dim=1)
+            mask = mask[::num_frames]
+        return queries, text, mask.bool()
+
+    def llm_text_embeds(self, texts):
+        """LLM embeddings of raw texts (no special tokens): (M, L, D) and mask (M, L) bool."""
+        tokens = self.llm_tokenizer(
+            texts, add_special_tokens=False, padding="longest", truncation=True,
+            max_length=self.max_txt_len, return_tensors="pt",
+        ).to(self.device)
+        return self.embed_tokens(tokens.input_ids), tokens.attention_mask.bool()
+
+    def encode(self, samples) -> EncodedBatch:
+        """One ViT call and one M-Hub call over every query and every real demonstration that the
+        demo format sends through them; absent demos (``demo_mask`` False) are never computed."""
         image = samples["image"]
         if image.dim() == 4:  # a batch of still images is a batch of one-frame clips
             image = image.unsqueeze(1)
+        if self.num_frames and image.shape[1] != self.num_frames:
+            raise ValueError(f"model.num_frames is {self.num_frames} but the batch has {image.shape[1]} frames "
+                             "per clip; make the dataset's num_frames match (or set model.num_frames: null)")
         batch = image.shape[0]
-        queries = list(samples["text_input"])
-        use_demos = self.demo_format == "mmict" and samples.get("demo_mask") is not None
-        if use_demos:
-            demo_mask = samples["demo_mask"].to(self.device).bool()
-            use_demos = bool(demo_mask.any())
-        frames, texts = image, queries
-        if use_demos:
-            sample_index, demo_index = demo_mask.nonzero(as_tuple=True)
+        queries = list(samples["text_input"]) if not isinstance(samples["text_input"], str) else [samples["text_input"]]
+        demo_mask = samples.get("demo_mask")
+        use_demos = self.demo_format != "none" and demo_mask is not None and bool(demo_mask.any())
+        if not use_demos:
+            frames = self.encode_frames(image)
+            visible = torch.ones(batch, dtype=torch.bool, device=self.device)
+            query_out, _, _ = self.run_mhub(frames, queries, visible)
+            return EncodedBatch(self.llm_proj(query_out))
+
+        demo_mask = demo_mask.to(self.device).bool()
+        sample_index, demo_index = demo_mask.nonzero(as_tuple=True)
+        demo_texts = [samples["demo_text"][b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
+        demo_vision = self.demo_format in ("mmict", "vanilla_ict")
+        if demo_vision:
             demo_image = samples["demo_image"]
             if demo_image.dim() == 5:
                 demo_image = demo_image.unsqueeze(2)
-            frames = torch.cat([image, demo_image[sample_index, demo_index]], dim=0)
-            demo_texts = samples["demo_text"]
-            texts = queries + [demo_texts[b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
+            frames = self.encode_frames(torch.cat([image, demo_image.to(image.device)[sample_index, demo_index]]))
+            # vanilla ICT demos go through the Q-Former without text (plain BLIP-2 visual tokens).
+            visible = torch.ones(frames.shape[0], dtype=torch.bool, device=self.device)
+            visible[batch:] = self.demo_format == "mmict"
+            qformer_texts = queries + (demo_texts if self.demo_format == "mmict" else [""] * len(demo_texts))
+            query_out, text_out, text_mask = self.run_mhub(frames, qformer_texts, visible)
+        else:
+            visible = torch.ones(batch, dtype=torch.bool, device=self.device)
+            query_out, _, _ = self.run_mhub(self.encode_frames(image), queries, visible)
 
-        memory, memory_mask = self.encode_visual(frames)
-        ids, mask = self.tokenize_for_qformer(texts)
-        hub = self.mhub(memory, memory_mask, ids, mask)
-        query_visual = self.llm_proj(hub.query_features[:batch])
-        if not use_demos:
-            return query_visual, None, None, None
+        if self.demo_format == "mmict":
+            real_embeds, real_mask = self.llm_proj(text_out[batch:]), text_mask[batch:]
+        elif self.demo_format == "vanilla_ict":
+            visual = self.llm_proj(query_out[batch:])
+            text, text_mask = self.llm_text_embeds(demo_texts)
+            real_embeds = torch.cat([visual, text.to(visual.dtype)], dim=1)
+            visual_mask = torch.ones(visual.shape[:2], dtype=torch.bool, device=self.device)
+            real_mask = torch.cat([visual_mask, text_mask], dim=1)
+        else:  # text_only
+            real_embeds, real_mask = self.llm_text_embeds(demo_texts)
 
-        real_demo_embeds = self.llm_proj(hub.text_features[batch:])
-        real_demo_mask = hub.text_mask[batch:]
         # Scatter the real demos back to their (sample, slot) places; absent slots stay masked.
-        num_slots, length = demo_mask.shape[1], real_demo_embeds.shape[1]
-        demo_embeds = real_demo_embeds.new_zeros(batch, num_slots, length, real_demo_embeds.shape[-1])
+        num_slots, length = demo_mask.shape[1], real_embeds.shape[1]
+        demo_embeds = real_embeds.new_zeros(batch, num_slots, length, real_embeds.shape[-1])
         demo_token_mask = torch.zeros(batch, num_slots, length, dtype=torch.bool, device=self.device)
-        demo_embeds[sample_index, demo_index] = real_demo_embeds
-        demo_token_mask[sample_index, demo_index] = real_demo_mask
-        return query_visual, demo_embeds, demo_token_mask, demo_mask
+        demo_embeds[sample_index, demo_index] = real_embeds
+        demo_token_mask[sample_index, demo_index] = real_mask
+        return EncodedBatch(self.llm_proj(query_out[:batch]), demo_embeds, demo_token_mask, demo_mask)
 
     # ---------------------------------------------------------------- LLM inputs
     def format_prompts(self, samples, prompt=None):
@@ -208,7 +396,13 @@ class MMICTBlip2(Blip2Base):
     def embed_tokens(self, ids):
         return self.llm_model.get_input_embeddings()(ids)
 
+    def separator_embedding(self):
+        if self.train_separator:
+            return self.separator_embed
+        return self.embed_tokens(torch.tensor(self.separator_id, device=self.device))
+
     def prompt_segment(self, prompts):
+        """The prompt, tokenized as LAVIS's BLIP-2 does (OPT: leading </s>; T5: trailing </s>)."""
         tokens = self.llm_tokenizer(
             prompts, padding="longest", truncation=True, max_length=self.max_txt_len, return_tensors="pt"
         ).to(self.device)
@@ -217,8 +411,8 @@ class MMICTBlip2(Blip2Base):
 
     def target_segment(self, answers):
         tokens = self.llm_tokenizer(
-            [answer + self.answer_end for answer in answers],
-            add_special_tokens=False,
+            [answer + self.family.answer_suffix for answer in answers],
+            add_special_tokens=self.family.target_special_tokens,
             padding="longest",
             truncation=True,
             max_length=self.max_txt_len,
@@ -230,32 +424,37 @@ class MMICTBlip2(Blip2Base):
 
     def prefix_segments(self, samples, prompt=None):
         """[demos with separators] [query visual tokens] [prompt] for every sample."""
-        query_visual, demo_embeds, demo_token_mask, demo_mask = self.encode_query_and_demos(samples)
+        # Vision side in fp16 under CUDA AMP, as LAVIS's BLIP-2 (its runner's AMP is fp16), also
+        # when the LLM runs in bf16 (FlanT5); no-op on CPU.
+        with self.maybe_autocast(torch.float16):
+            encoded = self.encode(samples)
+        dtype = self.llm_model.get_input_embeddings().weight.dtype
         segments = []
-        if demo_embeds is not None:
-            separator = self.embed_tokens(torch.tensor(self.separator_id, device=self.device))
-            segments.append(demo_segment(demo_embeds, demo_token_mask, demo_mask, separator))
+        if encoded.demo_embeds is not None:
+            segments.append(demo_segment(encoded.demo_embeds.to(dtype), encoded.demo_token_mask,
+                                         encoded.demo_mask, self.separator_embedding().to(dtype)))
+        query_visual = encoded.query_visual.to(dtype)
         visual_mask = torch.ones(query_visual.shape[:2], dtype=torch.bool, device=self.device)
         segments.append(Segment(query_visual, visual_mask))
         segments.append(self.prompt_segment(self.format_prompts(samples, prompt)))
         return segments
 
+    def _float32_on_cpu(self):
+        """LAVIS keeps fp16/bf16 weights for CUDA; on CPU (no autocast there) they must be float32."""
+        if self.device.type == "cpu" and self.llm_model.get_input_embeddings().weight.dtype != torch.float32:
+            logging.warning("mmict_blip2 on CPU: casting half-precision weights to float32")
+            self.float()
+
     # ---------------------------------------------------------------- training
     def forward(self, samples):
         """Returns {"loss"}: cross-entropy averaged over the batch's target tokens only."""
-        # One autocast region (CUDA only) around everything: fp16 ViT features must meet the
-        # fp32 Q-Former inside autocast, as in LAVIS's BLIP-2.
-        with self.maybe_autocast():
-            segments = self.prefix_segments(samples)
-            segments.append(self.target_segment(samples["text_output"]))
-            packed = pack_segments(segments, padding_side="right")
-            outputs = self.llm_model(
-                inputs_embeds=packed.embeds,
-                attention_mask=packed.attention_mask,
-                labels=packed.labels,
-                return_dict=True,
-            )
-        return {"loss": outputs.loss}
+        self._float32_on_cpu()
+        # Autocast (CUDA only) around everything, as LAVIS's BLIP-2: fp16 ViT features meet the
+        # fp32 Q-Former inside it; the LLM in fp16 (OPT) or bf16 (FlanT5).
+        with self.maybe_autocast(self.family.autocast_dtype):
+            loss, _ = llm_loss(self.llm_model, self.prefix_segments(samples),
+                               self.target_segment(samples["text_output"]), self.family.encoder_decoder)
+        return {"loss": loss}
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
@@ -273,31 +472,31 @@ class MMICTBlip2(Blip2Base):
         temperature=1.0,
         prompt=None,
     ):
-        """Batched generation with each sample's demonstrations; returns B * num_captions strings."""
-        with self.maybe_autocast():
-            packed = pack_segments(self.prefix_segments(samples, prompt), padding_side="left")
-            # LAVIS's OPT generates from `query_embeds` followed by `input_ids`: every sample's last
-            # position is a prompt token (left padding), so it becomes the single input id.
-            last_ids = packed.token_ids[:, -1:]
-            assert bool((last_ids != NO_TOKEN).all()), "the prompt must end every LLM prefix"
-            expand = num_captions if use_nucleus_sampling else max(num_beams, 1)
-            outputs = self.llm_model.generate(
-                input_ids=last_ids,
-                query_embeds=packed.embeds[:, :-1].repeat_interleave(expand, dim=0),
-                attention_mask=packed.attention_mask,
-                do_sample=use_nucleus_sampling,
+        """Batched generation with each sample's demonstrations (any K per sample via ``demo_mask``).
+
+        Beam search (``num_beams``) or nucleus sampling (``use_nucleus_sampling``, ``top_p``,
+        ``temperature``); ``max_length``/``min_length`` count generated tokens. Returns
+        B * num_captions strings (sample-major).
+        """
+        self._float32_on_cpu()
+        with self.maybe_autocast(self.family.autocast_dtype):
+            new_tokens = llm_generate(
+                self.llm_model,
+                self.prefix_segments(samples, prompt),
+                self.family.encoder_decoder,
+                max_new_tokens=max_length,
+                min_new_tokens=min_length,
+                num_beams=num_beams,
+                use_nucleus_sampling=use_nucleus_sampling,
+                num_return_sequences=num_captions,
                 top_p=top_p,
                 temperature=temperature,
-                num_beams=1 if use_nucleus_sampling else num_beams,
-                max_length=max_length + 1,
-                min_length=min_length + 1,
-                eos_token_id=self.answer_end_id,
-                pad_token_id=self.llm_tokenizer.pad_token_id,
                 repetition_penalty=repetition_penalty,
                 length_penalty=length_penalty,
-                num_return_sequences=num_captions,
+                eos_token_id=self.answer_end_id,
+                pad_token_id=self.llm_tokenizer.pad_token_id,
             )
-        texts = self.llm_tokenizer.batch_decode(outputs[:, 1:], skip_special_tokens=True)
+        texts = self.llm_tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [text.strip() for text in texts]
 
     def predict_answers(
@@ -311,16 +510,22 @@ class MMICTBlip2(Blip2Base):
         answer_list=None,
         prompt="",
         length_penalty=0,
+        use_nucleus_sampling=False,
         **kwargs,
     ):
-        """Open-ended answers (one string per query), generated with the query's demonstrations."""
+        """Open-ended answers (one string per query), generated with the query's demonstrations.
+
+        Called by the tasks with ``run.num_beams``, ``run.max_len``, ``run.min_len``, ``run.prompt``.
+        """
         if inference_method != "generate":
             raise ValueError(f"mmict_blip2 answers by generation only, got inference_method={inference_method!r}")
         return self.generate(
             samples,
+            use_nucleus_sampling=use_nucleus_sampling,
             num_beams=num_beams,
             max_length=max_len,
             min_length=min_len,
             length_penalty=length_penalty,
             prompt=prompt,
+            **{k: v for k, v in kwargs.items() if k in ("top_p", "temperature", "repetition_penalty")},
         )

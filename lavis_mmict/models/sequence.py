@@ -3,7 +3,7 @@
 One path serves every model (MMICT, AIM) and both LLM families (OPT's decoder input, T5's encoder
 input). Each piece is a ``Segment`` covering the whole batch with its own padding; packing keeps
 each sample's real positions in order, drops the pads and pads the result once, without a Python
-loop over samples.
+loop over samples. ``llm_loss`` and ``llm_generate`` hand packed pieces to either LLM family.
 """
 from dataclasses import dataclass
 from typing import List, Optional
@@ -87,3 +87,57 @@ def pack_segments(segments: List[Segment], padding_side: str = "right") -> Packe
     packed_labels = torch.gather(labels, 1, order).masked_fill(~packed_mask, IGNORE_INDEX)
     packed_ids = torch.gather(token_ids, 1, order).masked_fill(~packed_mask, NO_TOKEN)
     return PackedSequence(packed_embeds, packed_mask.long(), packed_labels, packed_ids)
+
+
+# ---------------------------------------------------------------------- where packing meets the LLM
+# Decoder-only LLMs (OPT) read [prefix | target] as one sequence, the loss on the target positions;
+# encoder-decoder LLMs (T5) read the prefix as encoder input and the target as decoder labels.
+
+
+def llm_loss(llm, prefix: List[Segment], target: Segment, encoder_decoder: bool):
+    """Cross-entropy averaged over the batch's target tokens (``target.labels`` != IGNORE_INDEX).
+
+    prefix: segments the LLM conditions on; target: a Segment with ``labels`` (B, Lt).
+    Returns (loss, inputs) where inputs are the keyword arguments the LLM received.
+    """
+    if encoder_decoder:
+        packed = pack_segments(prefix, padding_side="right")
+        labels = target.labels.masked_fill(~target.mask.bool(), IGNORE_INDEX)
+        inputs = dict(inputs_embeds=packed.embeds, attention_mask=packed.attention_mask,
+                      labels=labels, decoder_attention_mask=target.mask.long())
+    else:
+        packed = pack_segments(list(prefix) + [target], padding_side="right")
+        inputs = dict(inputs_embeds=packed.embeds, attention_mask=packed.attention_mask, labels=packed.labels)
+    return llm(**inputs, return_dict=True).loss, inputs
+
+
+def llm_generate(llm, prefix: List[Segment], encoder_decoder: bool, max_new_tokens: int, min_new_tokens: int = 1,
+                 num_beams: int = 1, use_nucleus_sampling: bool = False, num_return_sequences: int = 1,
+                 **generation):
+    """Generate a continuation of each sample's packed prefix, batched over samples.
+
+    Returns (B * num_return_sequences, T) token ids of the generated tokens only (T <= max_new_tokens;
+    rows may end in pad). ``generation`` passes on to Hugging Face ``generate`` (top_p, temperature,
+    repetition_penalty, length_penalty, eos_token_id, pad_token_id).
+    """
+    common = dict(do_sample=use_nucleus_sampling, num_beams=1 if use_nucleus_sampling else num_beams,
+                  num_return_sequences=num_return_sequences, **generation)
+    if encoder_decoder:
+        packed = pack_segments(prefix, padding_side="right")
+        # The decoder starts from its start token, which counts towards Hugging Face's lengths.
+        outputs = llm.generate(inputs_embeds=packed.embeds, attention_mask=packed.attention_mask,
+                               max_new_tokens=max_new_tokens, min_length=min_new_tokens + 1, **common)
+        return outputs[:, 1:]
+    # LAVIS's OPT continues `query_embeds` followed by `input_ids`: with left padding every sample's
+    # last position is a token (the prompt's end), so it becomes the single input id and the rest
+    # of the prefix goes in as embeddings, repeated per beam / returned sequence.
+    packed = pack_segments(prefix, padding_side="left")
+    last_ids = packed.token_ids[:, -1:]
+    if not bool((last_ids != NO_TOKEN).all()):
+        raise ValueError("a decoder-only prefix must end with a token segment (the prompt) to generate from")
+    expand = num_return_sequences if use_nucleus_sampling else max(num_beams, 1)
+    outputs = llm.generate(input_ids=last_ids,
+                           query_embeds=packed.embeds[:, :-1].repeat_interleave(expand, dim=0),
+                           attention_mask=packed.attention_mask,
+                           max_length=max_new_tokens + 1, min_length=min_new_tokens + 1, **common)
+    return outputs[:, 1:]
