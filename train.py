@@ -106,17 +106,22 @@ def check_config_names(cfg_path, options=None):
             raise ConfigError(f"{where}: the '{section}:' section is missing or empty.")
 
     model_classes = registry.mapping["model_name_mapping"]
-    for arch in dict.fromkeys([file_config.model.get("arch", None), config.model.get("arch", None)]):
-        if arch not in model_classes:
-            raise ConfigError(
-                f"{where}: unknown model.arch {arch!r}; registered models: {_registered('model_name_mapping')}"
-            )
-        model_type = config.model.get("model_type", None)
-        model_types = sorted(getattr(model_classes[arch], "PRETRAINED_MODEL_CONFIG_DICT", {}))
-        if model_type not in model_types:
-            raise ConfigError(
-                f"{where}: unknown model.model_type {model_type!r} for model {arch!r}; valid: {model_types}"
-            )
+    arch = config.model.get("arch", None)
+    if arch not in model_classes:
+        raise ConfigError(
+            f"{where}: unknown model.arch {arch!r}; registered models: {_registered('model_name_mapping')}"
+        )
+    if file_config.model.get("arch", None) != arch:
+        raise ConfigError(
+            f"{where}: model.arch cannot be changed with --options (LAVIS reads the model's default "
+            f"config from the file's model.arch {file_config.model.get('arch', None)!r}); edit the file."
+        )
+    model_type = config.model.get("model_type", None)
+    model_types = sorted(getattr(model_classes[arch], "PRETRAINED_MODEL_CONFIG_DICT", {}))
+    if model_type not in model_types:
+        raise ConfigError(
+            f"{where}: unknown model.model_type {model_type!r} for model {arch!r}; valid: {model_types}"
+        )
 
     builders = registry.mapping["builder_name_mapping"]
     for name in config.datasets:
