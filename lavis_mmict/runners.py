@@ -209,11 +209,15 @@ class EpochAwareLoader:
     Args:
         loader: what to iterate (a ``DataLoader``, or a ``PrefetchLoader`` around it).
         dataloader: the underlying ``DataLoader`` (defaults to ``loader``).
+        worker_seed: a function epoch -> seed of the DataLoader's ``generator`` for that epoch
+            (it gives the workers' seeds; without one, making an iterator draws from the global
+            torch RNG, so where a resumed run makes it would shift every later random draw).
     """
 
-    def __init__(self, loader, dataloader=None, epoch=0):
+    def __init__(self, loader, dataloader=None, epoch=0, worker_seed=None):
         self._loader = loader
         self._dataloader = dataloader if dataloader is not None else loader
+        self._worker_seed = worker_seed
         self._epoch = epoch
         self._position = 0  # batches drawn in the current epoch
         self._skip = 0  # batches to skip when the current epoch's iterator is made
@@ -242,6 +246,9 @@ class EpochAwareLoader:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self._epoch)
         _set_dataset_epoch(self._dataloader.dataset, self._epoch)
+        generator = getattr(self._dataloader, "generator", None)
+        if self._worker_seed is not None and generator is not None:
+            generator.manual_seed(self._worker_seed(self._epoch))
         skip, self._skip = self._skip, 0
         if skip and hasattr(sampler, "skip_next"):
             sampler.skip_next(skip * self._dataloader.batch_size)
@@ -281,10 +288,11 @@ class EpochAwareLoader:
         return len(self._dataloader)
 
 
-def chunk_seed(seed, rank, progress):
-    """The seed of the training chunk (epoch, or inner epoch) starting at ``progress`` on ``rank``."""
-    digest = hashlib.sha256(f"lavis_mmict/{int(seed)}/{int(rank)}/{int(progress)}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+def chunk_seed(seed, rank, progress, purpose="chunk"):
+    """The seed of the training chunk (epoch, or inner epoch) starting at ``progress`` on ``rank``
+    (``purpose="workers"``: of the DataLoader workers of data epoch ``progress``)."""
+    key = f"lavis_mmict/{purpose}/{int(seed)}/{int(rank)}/{int(progress)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
 def seed_everything(seed):
@@ -443,15 +451,21 @@ class DeviceAwareRunnerMixin:
     def _add_skipped_media_stats(self, stats, counts_before, where):
         """Sum this chunk's skipped media over ranks; log and record them when a dataset skips."""
         total, seen = self._skipped_media_counts()
-        self._report_skipped_media(stats, total - counts_before[0], seen, where)
+        self._log_skipped_media(stats, *self._sum_skipped_media(total - counts_before[0], seen), where)
 
-    def _report_skipped_media(self, stats, count, seen, where):
-        """All-reduce (count, seen) over ranks; when any rank saw the key, log it and put
-        ``num_skipped_media`` into ``stats`` (the ``train_``/``<split>_`` entry of log.txt)."""
+    @staticmethod
+    def _sum_skipped_media(count, seen):
+        """(count summed over ranks, whether any rank saw the key); a collective: call on every rank."""
         if dist.is_initialized() and get_world_size() > 1:
             totals = torch.tensor([count, int(seen)], dtype=torch.float64, device=collective_device())
             dist.all_reduce(totals)
             count, seen = int(totals[0].item()), bool(totals[1].item())
+        return count, seen
+
+    @staticmethod
+    def _log_skipped_media(stats, count, seen, where):
+        """When a dataset reported skips: log them and put ``num_skipped_media`` into ``stats``
+        (the ``train_``/``<split>_`` entry of log.txt)."""
         if not seen:
             return
         logging.info("skipped %d bad media items in %s", count, where)
@@ -531,14 +545,14 @@ class DeviceAwareRunnerMixin:
         counter = getattr(data_loader, "skipped_media", None) or SkippedMediaCounter()
         skipped_before = counter.total
         results = self.task.evaluation(model, data_loader, cuda_enabled=self.cuda_enabled)
+        # every rank takes part in the sum, whatever the task returned on it
+        skipped = self._sum_skipped_media(counter.total - skipped_before, counter.seen)
         if results is None:
             return None
         split_log = self.task.after_evaluation(
             val_result=results, split_name=split_name, epoch=cur_epoch
         )
-        self._report_skipped_media(
-            split_log, counter.total - skipped_before, counter.seen, f"{split_name} evaluation"
-        )
+        self._log_skipped_media(split_log, *skipped, f"{split_name} evaluation")
         return split_log
 
     def evaluate(self, cur_epoch="best", skip_reload=False):
@@ -614,11 +628,16 @@ class DeviceAwareRunnerMixin:
             collate_fn=collate_fn,
             drop_last=is_train,
             persistent_workers=False,
+            generator=torch.Generator() if is_train else None,
         )
         # PrefetchLoader overlaps host-to-GPU copies on a CUDA stream; nothing to overlap on CPU.
         loader = PrefetchLoader(dataloader) if self.cuda_enabled else dataloader
         if is_train:
-            return EpochAwareLoader(loader, dataloader=dataloader)
+            rank = get_rank() if self.use_distributed else 0
+            return EpochAwareLoader(
+                loader, dataloader=dataloader,
+                worker_seed=lambda epoch: chunk_seed(self.seed, rank, epoch, purpose="workers"),
+            )
         return EvalLoader(loader)
 
     def _train_epoch_loaders(self):

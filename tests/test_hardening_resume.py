@@ -185,3 +185,32 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match=str(path)):
         read_checkpoint(str(path))
     assert find_latest_checkpoint(tmp_path.parent, readable=True) is None
+
+
+def test_iteration_runner_resumes_mid_data_epoch_exactly(tmp_path, monkeypatch, fresh_registry_paths):
+    """Inner epochs of 6 iterations over 8 batches per data epoch: the checkpoint at iteration 6
+    sits mid-data-epoch; the resumed run continues with batch 7 of that epoch, not batch 1."""
+    import _toy_plugin
+    from test_runners import build_runner, trainable_params
+
+    cfg_path = write_config(tmp_path, tmp_path / "out", runner="icl_runner_iter")
+    options = ["run.valid_splits=[]", "run.test_splits=[]", "model.dropout=0.3",
+               "datasets._toy_builder.build_info.augment_noise=0.5"]
+
+    def run(job_id, *extra):
+        torch.manual_seed(0)  # the same frozen initialisation, as train.py's setup_seeds gives
+        runner = build_runner(cfg_path, job_id, *options, *extra)
+        runner.train()
+        return runner
+
+    full = trainable_params(run("full"))  # 12 iterations
+    monkeypatch.setenv("TOY_FAIL_AT", "0:1:0")  # dies at the first step of inner epoch 1
+    with pytest.raises(_toy_plugin.ToyFailure):
+        run("interrupted")
+    monkeypatch.delenv("TOY_FAIL_AT")
+    checkpoint = str(tmp_path / "out" / "interrupted" / "checkpoint_6.pth")
+    assert read_checkpoint(checkpoint)["loader_states"] == [[{"epoch": 0, "position": 6}]]
+    resumed = run("resumed", f"run.resume_ckpt_path={checkpoint}")
+    assert resumed.train_loader.state == {"epoch": 1, "position": 4}  # 12 = 8 + 4 batches drawn
+    for name, value in trainable_params(resumed).items():
+        assert torch.equal(value, full[name]), name
