@@ -40,7 +40,8 @@ Other fixes over LAVIS's runners:
   samples. Randomness needs no saved RNG state: the train sampler is seeded by (``run.seed``,
   epoch) even in one process, demonstrations by (their seed, epoch, query), and every training
   chunk (epoch / inner epoch) reseeds Python, NumPy and torch from (``run.seed``, rank, chunk
-  start), before its first batch is loaded (so DataLoader worker seeds follow too). Work since
+  start), and DataLoader worker seeds come from (``run.seed``, rank, data epoch) through the
+  loader's own generator, never from the global RNG. Work since
   the last checkpoint is redone; for long epochs use ``icl_runner_iter`` with a smaller
   ``iters_per_inner_epoch`` (its checkpoint interval). Exactness across the iteration runner's
   chunk boundaries holds with ``num_workers: 0`` or deterministic processors (workers prefetch
