@@ -19,6 +19,8 @@ setup(
         "transformers>=4.25,<4.27",
         "torch==2.14.1",
         "torchvision==0.29.1",
+        # aim_opt's demonstration bank on disk (transformers 4.26 does not pull it in)
+        "safetensors>=0.3",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )

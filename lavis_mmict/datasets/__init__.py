@@ -14,3 +14,4 @@ from lavis_mmict.datasets.media import MediaError, load_image, load_video_frames
 from lavis_mmict.datasets.icl_dataset import DemoPool, ICLDataset, collate_icl_samples  # noqa: F401
 from lavis_mmict.datasets.synthetic import SYNTHETIC_VOCABULARY, generate_synthetic_videoqa  # noqa: F401
 from lavis_mmict.datasets import builders  # noqa: F401  (registers the builders)
+from lavis_mmict.datasets import web_pairs  # noqa: F401  (registers the web_pairs_icl builder)
