@@ -27,11 +27,20 @@ def pipeline(pattern, num_demos=3, shuffle_buffer=0, **kwargs):
     return dataset.pipeline
 
 
+def shard_contents(path):
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
 def test_generated_shards_are_deterministic_pages_of_four(tmp_path):
     first = generate_web_shards(str(tmp_path / "a"), num_shards=2, pages_per_shard=3, seed=5)
     second = generate_web_shards(str(tmp_path / "b"), num_shards=2, pages_per_shard=3, seed=5)
     for a, b in zip(first, second):
         assert read_shard_keys(a) == read_shard_keys(b)
+        assert shard_contents(a) == shard_contents(b)
+    assert shard_contents(first[0]) != shard_contents(generate_web_shards(str(tmp_path / "c"), 1, 3, seed=6)[0])
     keys = read_shard_keys(first[0])
     assert len(keys) == 12 and keys[:4] == [f"00000_0000_{i}" for i in range(4)]
 
