@@ -369,7 +369,9 @@ class DeviceAwareRunnerMixin:
         """The model on ``self.device``, DDP-wrapped when distributed (on CUDA and on CPU)."""
         if self._wrapped_model is None:
             self._model = self._model.to(self.device)
-            if self.use_distributed:
+            # DDP refuses a model with nothing to train (e.g. evaluating a frozen model)
+            trains = any(param.requires_grad for param in self._model.parameters())
+            if self.use_distributed and trains:
                 on_cuda = self.device.type == "cuda"
                 self._wrapped_model = DDP(
                     self._model,
@@ -590,7 +592,7 @@ class DeviceAwareRunnerMixin:
     def _create_loader(self, dataset, num_workers, batch_size, is_train, collate_fn):
         pin_memory = self.cuda_enabled
         if isinstance(dataset, (ChainDataset, wds.DataPipeline)):
-            # webdataset pipelines shard, shuffle and batch themselves (as in LAVIS)
+            # webdataset pipelines shard and shuffle themselves (as in LAVIS); batched here
             return iter(
                 DataLoader(
                     dataset,
@@ -598,6 +600,7 @@ class DeviceAwareRunnerMixin:
                     num_workers=num_workers,
                     pin_memory=pin_memory,
                     persistent_workers=False,
+                    collate_fn=collate_fn or pipeline_collater(dataset),
                 )
             )
 
@@ -761,6 +764,14 @@ class DeviceAwareRunnerMixin:
 
     def _restore_progress(self, progress):
         raise NotImplementedError
+
+
+def pipeline_collater(dataset):
+    """The ``collater`` of a webdataset pipeline; LAVIS chains pipelines into a ChainDataset, which
+    hides it (torch's default collate would then transpose the demo text lists)."""
+    parts = dataset.datasets if isinstance(dataset, ChainDataset) else [dataset]
+    collaters = {getattr(part, "collater", None) for part in parts}
+    return collaters.pop() if len(collaters) == 1 else None
 
 
 @registry.register_runner("icl_runner_base")

@@ -62,9 +62,9 @@ def test_sequences_are_consecutive_pairs_of_one_shard_with_the_icl_batch_layout(
         assert item["image"].shape == (1, 3, 32, 32) and item["demo_image"].shape == (3, 1, 3, 32, 32)
         assert item["text_input"] == "" and item["text_output"].startswith("Question: ")
 
-    # LAVIS's runners batch wds pipelines with the default collate: the ICL layout must come out
-    loader = torch.utils.data.DataLoader(pipeline(str(tmp_path / "shard-{00000..00001}.tar"), endless=False),
-                                         batch_size=2)
+    # the runner batches the pipeline with its collater (found through LAVIS's ChainDataset)
+    web_pipeline = pipeline(str(tmp_path / "shard-{00000..00001}.tar"), endless=False)
+    loader = torch.utils.data.DataLoader(web_pipeline, batch_size=2, collate_fn=web_pipeline.collater)
     batch = next(iter(loader))
     assert batch["image"].shape == (2, 1, 3, 32, 32) and batch["demo_image"].shape == (2, 3, 1, 3, 32, 32)
     assert len(batch["demo_text"]) == 2 and all(len(texts) == 3 for texts in batch["demo_text"])

@@ -1,6 +1,7 @@
 """Bad inputs outside the datasets: wrong names in a config, a checkpoint of another model or
 shape, real weights missing offline, a checkpoint carrying code. Each is refused with a message
 naming the key or file, before anything runs; train.py reports it as one line, no traceback."""
+import glob
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ DEMO_CFG = os.path.join(train.__file__.rsplit(os.sep, 1)[0], "projects", "mmict"
         ("datasets.msvd_qa_ic.vis_root=x", ["datasets.msvd_qa_ic", "synthetic_videoqa_icl"]),
         ("model.arch=mmict_blip3", ["model.arch 'mmict_blip3'", "mmict_blip2"]),
         ("model.arch=_toy_linear_model", ["model.arch cannot be changed with --options"]),
-        ("model.model_type=opt2.7b", ["model.model_type 'opt2.7b'", "mmict_blip2", "['tiny']"]),
+        ("model.model_type=opt2.7b", ["model.model_type 'opt2.7b'", "mmict_blip2", "'pretrain_opt2.7b'", "'tiny_t5'"]),
         ("datasets.synthetic_videoqa_icl.type=eval", ["datasets.synthetic_videoqa_icl.type 'eval'", "default"]),
         ("run.task=icl_vq", ["run.task 'icl_vq'", "icl_vqa"]),
         ("run.runner=runner_icl", ["run.runner 'runner_icl'", "icl_runner_base", "icl_runner_iter"]),
@@ -45,25 +46,30 @@ def test_builder_list_shows_only_in_context_builders():
     icl = [n for n in registry.mapping["builder_name_mapping"] if n.endswith("_icl")]
     listed = str(excinfo.value).split("(*_icl): ")[1].split("]")[0]
     assert sorted(icl) == sorted(n.strip(" '[") for n in listed.split(","))
-    assert "coco_caption" not in listed  # LAVIS's own builders are mentioned, not listed
+    assert "'coco_caption'" not in listed  # LAVIS's own builders are mentioned, not listed
 
 
-def test_demo_configs_pass_the_check():
-    train.check_config_names(DEMO_CFG)
-    train.check_config_names(DEMO_CFG.replace("demo.yaml", "demo_none.yaml"))
+PROJECT_CFGS = sorted(glob.glob(os.path.join(os.path.dirname(TRAIN_PY), "projects", "*", "*.yaml")))
 
 
-def test_train_py_reports_a_config_error_in_one_line(tmp_path):
+@pytest.mark.parametrize("cfg_path", PROJECT_CFGS, ids=lambda path: os.path.relpath(path, os.path.dirname(TRAIN_PY)))
+def test_every_project_config_names_registered_parts(cfg_path):
+    train.check_config_names(cfg_path)  # model arch/type, builders, task, runner all exist
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_entry_points_report_a_config_error_in_one_line(tmp_path, script):
     net_log = tmp_path / "network.log"
     result = subprocess.run(
-        [sys.executable, TRAIN_PY, "--cfg-path", DEMO_CFG, "--options", "datasets.msvd_qa_ic.x=1",
+        [sys.executable, os.path.join(os.path.dirname(TRAIN_PY), script), "--cfg-path", DEMO_CFG,
+         "--options", "datasets.msvd_qa_ic.x=1",
          f"run.output_dir={tmp_path / 'out'}"],
         env=subprocess_env(no_network_log=net_log), cwd=tmp_path,
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert f"train.py: error: Config {DEMO_CFG}: unknown dataset builder datasets.msvd_qa_ic" in result.stderr
+    assert f"{script}: error: Config {DEMO_CFG}: unknown dataset builder datasets.msvd_qa_ic" in result.stderr
     assert not (tmp_path / "out").exists()  # stopped before anything was built or written
     assert no_network_attempts(net_log) == []
 
@@ -84,8 +90,9 @@ def test_missing_real_weights_offline_names_the_config_key(tmp_path):
     )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    (line,) = [l for l in result.stderr.splitlines() if l.startswith("train.py: error:")]
-    assert "model.vit_weights" in line and "HF_HUB_OFFLINE=1" in line and "not_cached_vit.pth" in line
+    # one error (its first line starts "train.py: error:"), listing each missing piece below it
+    message = result.stderr[result.stderr.index("train.py: error:"):]
+    assert "model.vit_weights" in message and "HF_HUB_OFFLINE" in message and "not_cached_vit.pth" in message
     assert no_network_attempts(net_log) == []
 
 

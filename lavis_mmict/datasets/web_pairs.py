@@ -29,7 +29,8 @@ from lavis.common.registry import registry
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from PIL import Image
 from torch.utils.data import get_worker_info
-from torch.utils.data._utils.collate import default_collate_fn_map
+
+from lavis_mmict.datasets.icl_dataset import collate_icl_samples
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -43,20 +44,6 @@ class WebShardError(ValueError):
 # batching
 
 
-class DemoTexts(list):
-    """One item's K demonstration texts.
-
-    LAVIS's runners batch webdataset pipelines with torch's default collate, which would transpose
-    a list of K strings into K lists of B strings; this type collates to B lists of K strings,
-    the ``demo_text`` layout of the ``*_icl`` batches.
-    """
-
-
-def _collate_demo_texts(batch, *, collate_fn_map=None):
-    return [list(texts) for texts in batch]
-
-
-default_collate_fn_map[DemoTexts] = _collate_demo_texts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +165,8 @@ class WebPairsICLDataset:
                                       rng=random.Random(f"{seed}/buffer")))
         stages.append(wds.map(self.to_item))
         self.pipeline = wds.DataPipeline(*stages)
+        # the runner's DataLoader batches the pipeline's items with the *_icl collater
+        self.pipeline.collater = collate_icl_samples
 
     def decode_pair(self, sample):
         """A shard sample -> {"image": PIL RGB, "text": str, ...}; a broken one raises or is None."""
@@ -215,7 +204,7 @@ class WebPairsICLDataset:
             demo_image = torch.stack([self.demo_vis_processor(d["image"]) for d in demos]).unsqueeze(1)
         else:
             demo_image = image.new_zeros((0,) + tuple(image.shape))
-        demo_text = DemoTexts(self.demo_template.replace("{text}", self.text_processor(d["text"])) for d in demos)
+        demo_text = list(self.demo_template.replace("{text}", self.text_processor(d["text"])) for d in demos)
         return {
             "image": image,
             "text_input": "",

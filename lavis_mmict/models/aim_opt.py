@@ -171,6 +171,7 @@ class AIMOpt(Blip2Base):
 
     @classmethod
     def from_config(cls, cfg):
+        backbones.check_weights_available(cfg)  # one clear error before minutes of building
         visual_encoder, ln_vision = backbones.build_vision_encoder(cfg)
         Qformer, query_tokens, _ = backbones.build_qformer(cfg, visual_encoder.num_features)
         # BLIP-2 OPT's Q-Former reads no text: drop its text-only parts, as LAVIS's Blip2OPT does.
