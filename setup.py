@@ -21,6 +21,8 @@ setup(
         "torchvision==0.29.1",
         # shot-sweep plots (Agg backend, no display needed)
         "matplotlib>=3.5",
+        # model.demo_feature_cache: disk (tensors without pickle)
+        "safetensors>=0.3",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )
