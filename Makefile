@@ -18,6 +18,7 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) run_scripts/mmict/demo.py
+	$(OFFLINE) $(PY) run_scripts/aim/demo.py
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider tests

@@ -32,11 +32,12 @@ from lavis.common.dist_utils import is_main_process
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from omegaconf import OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
 
-from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
+from lavis_mmict.dist import init_distributed, shared_job_id
 from lavis_mmict.reports import write_sweep_report
 from lavis_mmict.tasks.evaluation import format_metrics_table
-from train import DEFAULT_RUNNER, build_runner, import_extra_modules, setup_seeds
+from train import DEFAULT_RUNNER, build_runner, import_extra_modules, run_main, setup_seeds
 
 
 def parse_args():
@@ -141,22 +142,24 @@ def run_shot_sweep(args):
     return rows
 
 
+def evaluate(args):
+    if args.shots is not None:
+        run_shot_sweep(args)
+        return
+    runner = build_runner(args)
+    checkpoint = runner.config.run_cfg.get("eval_ckpt_path", None)
+    if checkpoint:
+        runner.load_model_weights(checkpoint)
+    test_logs = runner.evaluate(skip_reload=True)
+    if is_main_process():
+        logging.info("Evaluation results: %s", json.dumps(test_logs))
+        print_metrics(test_logs)
+
+
+@record  # under torchrun: the failing rank's exception appears in torchrun's summary
 def main():
     args = parse_args()
-    try:
-        if args.shots is not None:
-            run_shot_sweep(args)
-            return
-        runner = build_runner(args)
-        checkpoint = runner.config.run_cfg.get("eval_ckpt_path", None)
-        if checkpoint:
-            runner.load_model_weights(checkpoint)
-        test_logs = runner.evaluate(skip_reload=True)
-        if is_main_process():
-            logging.info("Evaluation results: %s", json.dumps(test_logs))
-            print_metrics(test_logs)
-    finally:
-        destroy_distributed()
+    run_main("evaluate.py", lambda: evaluate(args))  # user errors: one line, status 1
 
 
 if __name__ == "__main__":

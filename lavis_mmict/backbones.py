@@ -225,6 +225,11 @@ def build_vision_encoder(cfg):
         raise ValueError(f"Unknown model.vit_model {name!r}; valid: {sorted(VISION_PRESETS)}")
     preset = dict(VISION_PRESETS[name])
     weights_url = preset.pop("weights_url")
+    weights = cfg.get("vit_weights", None) or weights_url
+    if _check_init(cfg, "vit_init") == "random":
+        weights = None
+    # find the weights before building: EVA ViT-g takes minutes and GBs to build for nothing
+    path = resolve_weights_file(weights, f"Vision encoder weights ({name})", "vit_weights") if weights else None
     encoder = VisionTransformer(
         img_size=cfg.get("image_size", 224),
         use_mean_pooling=False,
@@ -234,11 +239,7 @@ def build_vision_encoder(cfg):
         use_checkpoint=cfg.get("use_grad_checkpoint", False),
         **preset,
     )
-    weights = cfg.get("vit_weights", None) or weights_url
-    if _check_init(cfg, "vit_init") == "random":
-        weights = None
-    if weights:
-        path = resolve_weights_file(weights, f"Vision encoder weights ({name})", "vit_weights")
+    if path:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
         interpolate_pos_embed(encoder, state_dict)
         encoder.load_state_dict(state_dict, strict=False)

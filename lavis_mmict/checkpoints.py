@@ -1,7 +1,9 @@
 """Runner checkpoints: trainable parameters only, written atomically, read with ``weights_only``."""
 import glob
+import logging
 import os
 import pickle
+import zipfile
 
 import torch
 from lavis.common.dist_utils import download_cached_file
@@ -30,25 +32,37 @@ def load_trainable_state_dict(model, state_dict, source="<state_dict>"):
     """Load a trainable-parameters checkpoint into ``model``, checked before anything is changed.
 
     Missing keys are fine only for frozen parameters and buffers (they come from the model's own
-    initialisation); any missing trainable parameter or unexpected key raises :class:`CheckpointError`
-    naming ``source`` and the keys.
+    initialisation); any missing trainable parameter, unexpected key or tensor of another shape
+    raises :class:`CheckpointError` naming ``source`` and the keys, and leaves the model untouched.
     """
-    model_keys = set(model.state_dict().keys())
+    model_state = model.state_dict()
     ckpt_keys = set(state_dict.keys())
-    unexpected = sorted(ckpt_keys - model_keys)
-    missing_trainable = sorted((_trainable_names(model) & model_keys) - ckpt_keys)
-    if unexpected or missing_trainable:
+    unexpected = sorted(ckpt_keys - set(model_state))
+    missing_trainable = sorted((_trainable_names(model) & set(model_state)) - ckpt_keys)
+    # same names, other sizes: e.g. a checkpoint of another num_query_token or LLM width
+    mismatched = [
+        f"{key}: checkpoint {_shape(state_dict[key])} vs model {_shape(model_state[key])}"
+        for key in sorted(ckpt_keys & set(model_state))
+        if _shape(state_dict[key]) != _shape(model_state[key])
+    ]
+    if unexpected or missing_trainable or mismatched:
         problems = []
         if unexpected:
             problems.append(f"unexpected keys (not in the model): {_short_list(unexpected)}")
         if missing_trainable:
             problems.append(f"trainable parameters missing: {_short_list(missing_trainable)}")
+        if mismatched:
+            problems.append(f"shape mismatch: {_short_list(mismatched)}")
         raise CheckpointError(
             f"Checkpoint {source} does not fit the model: " + "; ".join(problems)
             + ". Was it written for a different model configuration?"
         )
     model.load_state_dict(state_dict, strict=False)
     return model
+
+
+def _shape(value):
+    return tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
 
 
 def _short_list(keys, limit=10):
@@ -71,16 +85,27 @@ def read_checkpoint(url_or_filename, map_location="cpu"):
             f"Refusing to load checkpoint {path}: it holds objects other than tensors and plain "
             f"containers, which torch.load(weights_only=True) does not execute. ({err})"
         ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        # a truncated or overwritten file (torch's zip reader fails with a RuntimeError)
+        raise CheckpointError(f"Checkpoint {path} is corrupt or not a torch file: {err}") from err
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"{path} is not a runner checkpoint (no 'model' entry).")
     return checkpoint
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def atomic_torch_save(obj, path):
-    """``torch.save`` to a temp file in the same folder, then ``os.replace``: never a partial file."""
+    """``torch.save`` to a temp file in the same folder, then ``os.replace``: never a partial file.
+
+    A process killed while saving leaves at most a hidden ``.<name>.<pid>.tmp`` file (never matched
+    by :func:`find_latest_checkpoint`, removed by :func:`remove_stale_temp_files`); ``path`` is
+    either the previous complete file or the new complete one.
+    """
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
-    tmp_path = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    tmp_path = os.path.join(directory, f".{name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         with open(tmp_path, "wb") as f:
             torch.save(obj, f)
@@ -91,9 +116,50 @@ def atomic_torch_save(obj, path):
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+    _fsync_directory(directory)  # make the rename itself survive a power loss
 
 
-def find_latest_checkpoint(output_root):
-    """The most recently written ``checkpoint_*.pth`` in ``<output_root>/*/``, or None."""
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not supported by every file system
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(directory):
+    """Remove ``.checkpoint_*.tmp`` files left in ``directory`` by a process killed while saving."""
+    for path in glob.glob(os.path.join(os.fspath(directory), f".checkpoint_*{TEMP_SUFFIX}")):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def find_latest_checkpoint(output_root, readable=False):
+    """The most recently written ``checkpoint_*.pth`` in ``<output_root>/*/``, or None.
+
+    With ``readable=True`` newer files that are not complete torch archives (e.g. copied in half;
+    our own writes are atomic) are skipped with a warning: only the zip directory at the end of the
+    file is read, not the tensors.
+    """
     candidates = glob.glob(os.path.join(os.fspath(output_root), "*", "checkpoint_*.pth"))
-    return max(candidates, key=os.path.getmtime) if candidates else None
+    candidates.sort(key=os.path.getmtime, reverse=True)
+    for path in candidates:
+        if not readable or _is_complete_archive(path):
+            return path
+        logging.warning("Skipping %s: not a complete torch checkpoint (truncated or corrupt).", path)
+    return None
+
+
+def _is_complete_archive(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

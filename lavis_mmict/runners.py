@@ -32,11 +32,25 @@ Other fixes over LAVIS's runners:
 - Loading uses ``torch.load(weights_only=True)``; the model is loaded non-strictly after checking
   that only frozen parameters/buffers are missing and nothing is unexpected (LAVIS's resume loaded
   strictly and so could not read its own checkpoints).
-- Resume restores the start epoch (or iteration: LAVIS's ``RunnerIter`` restarted one iteration
-  late) and the train loader's epoch, so samplers reshuffle as in an uninterrupted run.
-  ``run.resume_ckpt_path: auto`` resumes from the newest ``checkpoint_*.pth`` under
-  ``<run.output_dir>/*/``, if any. The position inside an epoch is not restored (an iteration
-  runner resumed mid-epoch starts that epoch's order from its beginning).
+- Resume is exact: a run killed at any point and resumed from its latest checkpoint ends with the
+  same parameters as an uninterrupted run (same seed, same number of processes). It restores the
+  start epoch (or iteration: LAVIS's ``RunnerIter`` restarted one iteration late), optimizer and
+  scaler, and each train loader's (epoch, batch position) - the iteration runner's inner epochs
+  end mid-data-epoch, and its resume skips the sampler to that batch without loading the skipped
+  samples. Randomness needs no saved RNG state: the train sampler is seeded by (``run.seed``,
+  epoch) even in one process, demonstrations by (their seed, epoch, query), and every training
+  chunk (epoch / inner epoch) reseeds Python, NumPy and torch from (``run.seed``, rank, chunk
+  start), and DataLoader worker seeds come from (``run.seed``, rank, data epoch) through the
+  loader's own generator, never from the global RNG. Work since
+  the last checkpoint is redone; for long epochs use ``icl_runner_iter`` with a smaller
+  ``iters_per_inner_epoch`` (its checkpoint interval). Exactness across the iteration runner's
+  chunk boundaries holds with ``num_workers: 0`` or deterministic processors (workers prefetch
+  across a boundary with the previous chunk's seeds).
+  ``run.resume_ckpt_path: auto`` resumes from the newest complete ``checkpoint_*.pth`` under
+  ``<run.output_dir>/*/`` (resolved by rank 0 for all ranks), if any.
+- Batches' ``num_skipped_media`` (datasets with ``skip_bad_media``) are summed over each epoch
+  and over ranks, logged (``skipped N bad media items in epoch E``; ``train_num_skipped_media``
+  / ``<split>_num_skipped_media`` in log.txt) and removed before the batch reaches the model.
 - A relative ``run.output_dir`` is relative to the current directory (LAVIS: to its install dir).
 - Train loaders are infinite epoch-aware iterators (:class:`EpochAwareLoader`) without LAVIS's
   2-second sleep per epoch; they call ``set_epoch`` on the sampler and on datasets that have it.
@@ -48,14 +62,18 @@ Checked on CUDA (one H100, torch 2.11): plain and torchrun/nccl runs with amp, r
 iteration runner and evaluate.py; on CPU by tests/test_runners.py (incl. 2-process gloo).
 
 Run config keys read here (beyond LAVIS's own): ``find_unused_parameters``, ``seed`` (sampler
-seed), ``resume_ckpt_path`` (path, URL or ``auto``), ``amp``, ``evaluate``, ``device``.
+and per-chunk seeds), ``resume_ckpt_path`` (path, URL or ``auto``), ``amp``, ``evaluate``, ``device``.
 """
 import datetime
 import glob
+import hashlib
 import logging
 import os
+import random
 import time
 from pathlib import Path
+
+import numpy as np
 
 import lavis.common.optims  # noqa: F401  (registers LAVIS's lr schedulers, as its train.py does)
 import torch
@@ -81,21 +99,28 @@ from lavis_mmict.checkpoints import (
     find_latest_checkpoint,
     load_trainable_state_dict,
     read_checkpoint,
+    remove_stale_temp_files,
     trainable_state_dict,
 )
+from lavis_mmict.compat import collective_device
 from lavis_mmict.dist import _resolve_device
 
 __all__ = [
     "CheckpointError",
     "DeviceAwareRunnerMixin",
     "EpochAwareLoader",
+    "EvalLoader",
     "IclRunnerBase",
     "IclRunnerIter",
+    "ResumableDistributedSampler",
+    "SkippedMediaCounter",
     "atomic_torch_save",
     "find_latest_checkpoint",
     "load_trainable_state_dict",
     "read_checkpoint",
     "trainable_state_dict",
+    "chunk_seed",
+    "seed_everything",
 ]
 
 
@@ -112,31 +137,109 @@ def _set_dataset_epoch(dataset, epoch):
             _set_dataset_epoch(sub_dataset, epoch)
 
 
+class ResumableDistributedSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose next pass can start part-way, for resuming mid-epoch.
+
+    The order of epoch ``e`` depends only on (``seed``, ``e``), also for a single process (where a
+    plain ``RandomSampler`` would follow the global RNG); :meth:`skip_next` drops the first indices
+    of the next pass without loading their samples.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._skip = 0
+
+    def skip_next(self, num_indices):
+        self._skip = int(num_indices)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self._skip = self._skip, 0
+        return iter(indices[skip:])
+
+
+SKIPPED_MEDIA_KEY = "num_skipped_media"
+
+
+class SkippedMediaCounter:
+    """Counts and strips ``batch["num_skipped_media"]`` (set by datasets with ``skip_bad_media``).
+
+    The key never reaches the model or the task; ``total`` is the sum seen so far and ``seen``
+    tells whether any batch carried the key.
+    """
+
+    def __init__(self):
+        self.total = 0
+        self.seen = False
+
+    def strip(self, batch):
+        if isinstance(batch, dict) and SKIPPED_MEDIA_KEY in batch:
+            self.total += int(batch.pop(SKIPPED_MEDIA_KEY))
+            self.seen = True
+        return batch
+
+
+class EvalLoader:
+    """An evaluation loader that strips ``num_skipped_media`` from its batches (and counts them)."""
+
+    def __init__(self, loader):
+        self._loader = loader
+        self.skipped_media = SkippedMediaCounter()
+
+    def __iter__(self):
+        for batch in self._loader:
+            yield self.skipped_media.strip(batch)
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
 class EpochAwareLoader:
-    """An infinite iterator over a ``DataLoader`` that counts epochs.
+    """An infinite iterator over a ``DataLoader`` that counts epochs and its position in them.
 
     At the start of each epoch ``e`` (before its iterator, and so its workers, is created) it calls
     ``sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` where they exist: distributed samplers
     reshuffle and demonstration datasets resample per epoch. ``len()`` is batches per epoch.
+    :attr:`state` / :meth:`set_epoch` (with ``position``) save and restore where it is, so a resumed
+    run continues with the very batch an uninterrupted one would have drawn. Batches lose their
+    ``num_skipped_media`` entry (counted in :attr:`skipped_media`) before anyone sees them.
 
     Args:
         loader: what to iterate (a ``DataLoader``, or a ``PrefetchLoader`` around it).
         dataloader: the underlying ``DataLoader`` (defaults to ``loader``).
+        worker_seed: a function epoch -> seed of the DataLoader's ``generator`` for that epoch
+            (it gives the workers' seeds; without one, making an iterator draws from the global
+            torch RNG, so where a resumed run makes it would shift every later random draw).
     """
 
-    def __init__(self, loader, dataloader=None, epoch=0):
+    def __init__(self, loader, dataloader=None, epoch=0, worker_seed=None):
         self._loader = loader
         self._dataloader = dataloader if dataloader is not None else loader
+        self._worker_seed = worker_seed
         self._epoch = epoch
+        self._position = 0  # batches drawn in the current epoch
+        self._skip = 0  # batches to skip when the current epoch's iterator is made
         self._iterator = None
+        self.skipped_media = SkippedMediaCounter()
 
     @property
     def epoch(self):
         return self._epoch
 
-    def set_epoch(self, epoch):
-        """Start over at the beginning of ``epoch`` (used on resume)."""
+    @property
+    def state(self):
+        """``{"epoch", "position"}`` of the next batch; a finished epoch counts as the next one's start."""
+        if self._position >= len(self):
+            return {"epoch": self._epoch + 1, "position": 0}
+        return {"epoch": self._epoch, "position": self._position}
+
+    def set_epoch(self, epoch, position=0):
+        """Start over at batch ``position`` of ``epoch`` (used on resume)."""
         self._epoch = int(epoch)
+        self._position = self._skip = int(position)
         self._iterator = None
 
     def _start_epoch(self):
@@ -144,9 +247,19 @@ class EpochAwareLoader:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self._epoch)
         _set_dataset_epoch(self._dataloader.dataset, self._epoch)
-        self._iterator = iter(self._loader)
+        generator = getattr(self._dataloader, "generator", None)
+        if self._worker_seed is not None and generator is not None:
+            generator.manual_seed(self._worker_seed(self._epoch))
+        skip, self._skip = self._skip, 0
+        if skip and hasattr(sampler, "skip_next"):
+            sampler.skip_next(skip * self._dataloader.batch_size)
+            self._iterator = iter(self._loader)
+        else:
+            self._iterator = iter(self._loader)
+            for _ in range(skip):  # a sampler that cannot skip: draw and drop (loads the data)
+                next(self._iterator)
 
-    def __next__(self):
+    def _next_batch(self):
         if self._iterator is None:
             self._start_epoch()
         try:
@@ -154,6 +267,7 @@ class EpochAwareLoader:
         except StopIteration:
             pass
         self._epoch += 1
+        self._position = 0
         self._start_epoch()
         try:
             return next(self._iterator)
@@ -163,11 +277,30 @@ class EpochAwareLoader:
                 "process than run.batch_size_train (the last incomplete batch is dropped)."
             ) from None
 
+    def __next__(self):
+        batch = self._next_batch()
+        self._position += 1
+        return self.skipped_media.strip(batch)
+
     def __iter__(self):
         return self
 
     def __len__(self):
         return len(self._dataloader)
+
+
+def chunk_seed(seed, rank, progress, purpose="chunk"):
+    """The seed of the training chunk (epoch, or inner epoch) starting at ``progress`` on ``rank``
+    (``purpose="workers"``: of the DataLoader workers of data epoch ``progress``)."""
+    key = f"lavis_mmict/{purpose}/{int(seed)}/{int(rank)}/{int(progress)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,13 +344,23 @@ class DeviceAwareRunnerMixin:
 
     @property
     def resume_ckpt_path(self):
-        path = self.config.run_cfg.get("resume_ckpt_path", None)
-        if path != "auto":
-            return path
-        latest = find_latest_checkpoint(self.output_root)
-        if latest is None:
-            logging.info("resume_ckpt_path=auto: no checkpoint under %s, starting fresh.", self.output_root)
-        return latest
+        """``run.resume_ckpt_path``; ``auto`` is resolved once, by rank 0, for every rank."""
+        if not hasattr(self, "_resume_ckpt_path"):
+            path = self.config.run_cfg.get("resume_ckpt_path", None)
+            if path == "auto":
+                holder = [None]
+                if is_main_process():
+                    holder[0] = find_latest_checkpoint(self.output_root, readable=True)
+                    if holder[0] is None:
+                        logging.info(
+                            "resume_ckpt_path=auto: no checkpoint under %s/*/, starting fresh.",
+                            self.output_root,
+                        )
+                if dist.is_initialized() and get_world_size() > 1:
+                    dist.broadcast_object_list(holder, src=0)
+                path = holder[0]
+            self._resume_ckpt_path = path
+        return self._resume_ckpt_path
 
     # --- model, optimisation -------------------------------------------------------------------
 
@@ -226,7 +369,9 @@ class DeviceAwareRunnerMixin:
         """The model on ``self.device``, DDP-wrapped when distributed (on CUDA and on CPU)."""
         if self._wrapped_model is None:
             self._model = self._model.to(self.device)
-            if self.use_distributed:
+            # DDP refuses a model with nothing to train (e.g. evaluating a frozen model)
+            trains = any(param.requires_grad for param in self._model.parameters())
+            if self.use_distributed and trains:
                 on_cuda = self.device.type == "cuda"
                 self._wrapped_model = DDP(
                     self._model,
@@ -265,16 +410,27 @@ class DeviceAwareRunnerMixin:
         checkpoint always exists), every epoch (inner epoch) leaves a resumable
         ``checkpoint_<progress>.pth`` (only the latest is kept) that also records the best score,
         and the test phase uses the best checkpoint for both runners.
+
+        Each training chunk (epoch, or inner epoch) starts by seeding Python/NumPy/torch from
+        (``run.seed``, rank, chunk start), so a run resumed from a chunk's checkpoint draws the
+        same dropout masks, augmentations and demonstrations as an uninterrupted one.
         """
         start_time = time.time()
         self.log_config()
         if not self.evaluate_only and self.resume_ckpt_path is not None:
             self._load_checkpoint(self.resume_ckpt_path)
 
-        for progress, train_chunk in self._training_chunks():
+        for (chunk_start, progress), train_chunk in self._training_chunks():
             if not self.evaluate_only:
                 logging.info("Start training")
-                self.log_stats(split_name="train", stats=train_chunk())
+                seed_everything(chunk_seed(self.seed, get_rank(), chunk_start))
+                skipped_before = self._skipped_media_counts()
+                stats = train_chunk()
+                self._add_skipped_media_stats(
+                    stats, skipped_before, self._chunk_name(chunk_start, progress)
+                )
+                self._loader_states = self._gather_loader_states()
+                self.log_stats(split_name="train", stats=stats)
             self._validate(progress)
             if self.evaluate_only:
                 break
@@ -285,11 +441,78 @@ class DeviceAwareRunnerMixin:
         logging.info("Training time %s", datetime.timedelta(seconds=int(time.time() - start_time)))
 
     def _training_chunks(self):
-        """Yield (progress after the chunk, function that trains the chunk and returns its stats)."""
+        """Yield ((progress at the chunk's start, progress after it), function that trains the
+        chunk and returns its stats)."""
         raise NotImplementedError
+
+    # --- skipped media (datasets with skip_bad_media) ---------------------------------------------
+
+    def _skipped_media_counts(self):
+        counters = [loader.skipped_media for loader in self._train_epoch_loaders()]
+        return sum(c.total for c in counters), any(c.seen for c in counters)
+
+    def _add_skipped_media_stats(self, stats, counts_before, where):
+        """Sum this chunk's skipped media over ranks; log and record them when a dataset skips."""
+        total, seen = self._skipped_media_counts()
+        self._log_skipped_media(stats, *self._sum_skipped_media(total - counts_before[0], seen), where)
+
+    @staticmethod
+    def _sum_skipped_media(count, seen):
+        """(count summed over ranks, whether any rank saw the key); a collective: call on every rank."""
+        if dist.is_initialized() and get_world_size() > 1:
+            totals = torch.tensor([count, int(seen)], dtype=torch.float64, device=collective_device())
+            dist.all_reduce(totals)
+            count, seen = int(totals[0].item()), bool(totals[1].item())
+        return count, seen
+
+    @staticmethod
+    def _log_skipped_media(stats, count, seen, where):
+        """When a dataset reported skips: log them and put ``num_skipped_media`` into ``stats``
+        (the ``train_``/``<split>_`` entry of log.txt)."""
+        if not seen:
+            return
+        logging.info("skipped %d bad media items in %s", count, where)
+        if isinstance(stats, dict):
+            stats[SKIPPED_MEDIA_KEY] = count
+
+    # --- resumable data position ------------------------------------------------------------------
+
+    def _gather_loader_states(self):
+        """Every rank's train loader positions (ranks may differ with ``train_dataset_ratios``)."""
+        states = [loader.state for loader in self._train_epoch_loaders()]
+        if dist.is_initialized() and get_world_size() > 1:
+            gathered = [None] * get_world_size()
+            dist.all_gather_object(gathered, states)
+            return gathered
+        return [states]
+
+    def _restore_loader_states(self, per_rank_states, source):
+        """Put each train loader at the saved (epoch, position); True when that was possible."""
+        loaders = self._train_epoch_loaders()
+        if not per_rank_states:
+            return False
+        rank = get_rank()
+        if len(per_rank_states) != get_world_size():
+            logging.warning(
+                "%s was written by %d processes, this run has %d: every rank resumes at rank 0's "
+                "data position (the batches differ from an uninterrupted run).",
+                source, len(per_rank_states), get_world_size(),
+            )
+            rank = 0
+        states = per_rank_states[rank]
+        if len(states) != len(loaders):
+            logging.warning("%s holds %d train loader positions, this run has %d loaders: "
+                            "not restoring them.", source, len(states), len(loaders))
+            return False
+        for loader, state in zip(loaders, states):
+            loader.set_epoch(state["epoch"], position=state["position"])
+        return True
 
     def _progress_label(self, progress):
         return progress
+
+    def _chunk_name(self, chunk_start, progress):
+        return f"epoch {progress}"
 
     def _validate(self, progress):
         """Evaluate every valid split; a better ``val`` score writes ``checkpoint_best.pth``."""
@@ -322,12 +545,18 @@ class DeviceAwareRunnerMixin:
         model.eval()
 
         self.task.before_evaluation(model=model, dataset=self.datasets[split_name])
+        counter = getattr(data_loader, "skipped_media", None) or SkippedMediaCounter()
+        skipped_before = counter.total
         results = self.task.evaluation(model, data_loader, cuda_enabled=self.cuda_enabled)
+        # every rank takes part in the sum, whatever the task returned on it
+        skipped = self._sum_skipped_media(counter.total - skipped_before, counter.seen)
         if results is None:
             return None
-        return self.task.after_evaluation(
+        split_log = self.task.after_evaluation(
             val_result=results, split_name=split_name, epoch=cur_epoch
         )
+        self._log_skipped_media(split_log, *skipped, f"{split_name} evaluation")
+        return split_log
 
     def evaluate(self, cur_epoch="best", skip_reload=False):
         """LAVIS's test phase, plus its metrics in log.txt as ``<split>_<metric>`` (LAVIS logs val only)."""
@@ -363,7 +592,7 @@ class DeviceAwareRunnerMixin:
     def _create_loader(self, dataset, num_workers, batch_size, is_train, collate_fn):
         pin_memory = self.cuda_enabled
         if isinstance(dataset, (ChainDataset, wds.DataPipeline)):
-            # webdataset pipelines shard, shuffle and batch themselves (as in LAVIS)
+            # webdataset pipelines shard and shuffle themselves (as in LAVIS); batched here
             return iter(
                 DataLoader(
                     dataset,
@@ -371,16 +600,26 @@ class DeviceAwareRunnerMixin:
                     num_workers=num_workers,
                     pin_memory=pin_memory,
                     persistent_workers=False,
+                    collate_fn=collate_fn or pipeline_collater(dataset),
                 )
             )
 
         sampler = None
-        if self.use_distributed and (is_train or self.use_dist_eval_sampler):
+        if is_train:
+            # seeded by (run.seed, epoch) even in one process, so a resumed run sees the same order
+            sampler = ResumableDistributedSampler(
+                dataset,
+                num_replicas=get_world_size() if self.use_distributed else 1,
+                rank=get_rank() if self.use_distributed else 0,
+                shuffle=True,
+                seed=self.seed,
+            )
+        elif self.use_distributed and self.use_dist_eval_sampler:
             sampler = DistributedSampler(
                 dataset,
                 num_replicas=get_world_size(),
                 rank=get_rank(),
-                shuffle=is_train,
+                shuffle=False,
                 seed=self.seed,
             )
         dataloader = DataLoader(
@@ -389,16 +628,21 @@ class DeviceAwareRunnerMixin:
             num_workers=num_workers,
             pin_memory=pin_memory,
             sampler=sampler,
-            shuffle=sampler is None and is_train,
+            shuffle=False,  # the train sampler shuffles
             collate_fn=collate_fn,
             drop_last=is_train,
             persistent_workers=False,
+            generator=torch.Generator() if is_train else None,
         )
         # PrefetchLoader overlaps host-to-GPU copies on a CUDA stream; nothing to overlap on CPU.
         loader = PrefetchLoader(dataloader) if self.cuda_enabled else dataloader
         if is_train:
-            loader = EpochAwareLoader(loader, dataloader=dataloader)
-        return loader
+            rank = get_rank() if self.use_distributed else 0
+            return EpochAwareLoader(
+                loader, dataloader=dataloader,
+                worker_seed=lambda epoch: chunk_seed(self.seed, rank, epoch, purpose="workers"),
+            )
+        return EvalLoader(loader)
 
     def _train_epoch_loaders(self):
         """The :class:`EpochAwareLoader` objects feeding training (several with dataset ratios)."""
@@ -438,6 +682,9 @@ class DeviceAwareRunnerMixin:
             self.checkpoint_progress_key: progress,
             "best_agg_metric": self.best_agg_metric,
             "best_progress": self.best_progress,
+            # per rank, per train loader: {"epoch", "position"} of the next batch
+            "loader_states": getattr(self, "_loader_states", None),
+            "world_size": get_world_size(),
         }
         save_to = os.path.join(
             self.output_dir, "checkpoint_{}.pth".format("best" if is_best else progress)
@@ -445,15 +692,24 @@ class DeviceAwareRunnerMixin:
         logging.info(
             "Saving checkpoint at %s %s to %s.", self.checkpoint_progress_key, progress, save_to
         )
+        remove_stale_temp_files(self.output_dir)
         atomic_torch_save(save_obj, save_to)
+        if is_best:
+            self._best_checkpoint_path = save_to
         if not is_best:
             for old in glob.glob(os.path.join(self.output_dir, "checkpoint_*.pth")):
                 if old != save_to and os.path.basename(old) != "checkpoint_best.pth":
                     os.remove(old)
 
     def _reload_best_model(self, model):
-        """Load ``checkpoint_best.pth`` of this run into ``model`` (kept as is if there is none)."""
+        """Load this run's best checkpoint into ``model`` (kept as is if there is none).
+
+        That is ``checkpoint_best.pth`` of this run's output dir, or, for a resumed run whose
+        validation never beat the score it resumed with, the one next to the resumed checkpoint.
+        """
         checkpoint_path = os.path.join(self.output_dir, "checkpoint_best.pth")
+        if not os.path.isfile(checkpoint_path):
+            checkpoint_path = getattr(self, "_best_checkpoint_path", None) or checkpoint_path
         if not os.path.isfile(checkpoint_path):
             logging.warning(
                 "No %s (no validation ran in this run): evaluating the current weights.",
@@ -478,23 +734,44 @@ class DeviceAwareRunnerMixin:
         return checkpoint
 
     def _load_checkpoint(self, url_or_filename):
-        """Resume: model (checked), optimizer, scaler, and the start epoch/iteration."""
+        """Resume: model (checked), optimizer, scaler, the start epoch/iteration and the train
+        loaders' data position."""
         checkpoint = self.load_model_weights(url_or_filename)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.scaler is not None and checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
         if self.checkpoint_progress_key not in checkpoint:
             raise CheckpointError(
                 f"Checkpoint {url_or_filename} has no {self.checkpoint_progress_key!r} entry; "
                 f"was it written by the other runner type?"
             )
-        self._restore_progress(int(checkpoint[self.checkpoint_progress_key]))
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"Checkpoint {url_or_filename}: its optimizer state does not fit this run's "
+                f"optimizer ({err}). Were the trainable parameters or run.weight_decay groups changed?"
+            ) from err
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        progress = int(checkpoint[self.checkpoint_progress_key])
+        self._restore_progress(progress)
+        if checkpoint.get("loader_states") is not None:
+            self._restore_loader_states(checkpoint["loader_states"], url_or_filename)
         self._best_agg_metric = checkpoint.get("best_agg_metric", float("-inf"))
         self._best_progress = checkpoint.get("best_progress")
+        best_path = os.path.join(os.path.dirname(str(url_or_filename)), "checkpoint_best.pth")
+        if self._best_progress is not None and os.path.isfile(best_path):
+            self._best_checkpoint_path = best_path
         logging.info("Resume checkpoint from %s", url_or_filename)
 
     def _restore_progress(self, progress):
         raise NotImplementedError
+
+
+def pipeline_collater(dataset):
+    """The ``collater`` of a webdataset pipeline; LAVIS chains pipelines into a ChainDataset, which
+    hides it (torch's default collate would then transpose the demo text lists)."""
+    parts = dataset.datasets if isinstance(dataset, ChainDataset) else [dataset]
+    collaters = {getattr(part, "collater", None) for part in parts}
+    return collaters.pop() if len(collaters) == 1 else None
 
 
 @registry.register_runner("icl_runner_base")
@@ -505,7 +782,7 @@ class IclRunnerBase(DeviceAwareRunnerMixin, RunnerBase):
 
     def _training_chunks(self):
         for epoch in range(self.start_epoch, self.max_epoch):
-            yield epoch, lambda epoch=epoch: self.train_epoch(epoch)
+            yield (epoch, epoch), lambda epoch=epoch: self.train_epoch(epoch)
 
     def _restore_progress(self, epoch):
         # the checkpoint was written after `epoch` finished
@@ -523,13 +800,20 @@ class IclRunnerIter(DeviceAwareRunnerMixin, RunnerIter):
     def _training_chunks(self):
         for start_iters in range(self.start_iters, self.max_iters, self.iters_per_inner_epoch):
             end_iters = start_iters + self.iters_per_inner_epoch
-            yield end_iters, lambda start_iters=start_iters: self.train_iters(self.cur_epoch, start_iters)
+            yield (start_iters, end_iters), (
+                lambda start_iters=start_iters: self.train_iters(self.cur_epoch, start_iters)
+            )
 
     def _progress_label(self, iters):
         return self._progress(iters)
 
+    def _chunk_name(self, start_iters, end_iters):
+        return f"epoch {start_iters // self.iters_per_inner_epoch} (iterations {start_iters}-{end_iters})"
+
     def _restore_progress(self, iters):
         # the checkpoint was written after `iters` iterations: the next one to run is `iters`
+        # (older checkpoints without loader_states: the position of a single train loader)
         self.start_iters = iters
         for loader in self._train_epoch_loaders():
-            loader.set_epoch(iters // max(len(loader), 1))
+            batches = max(len(loader), 1)
+            loader.set_epoch(iters // batches, position=iters % batches)

@@ -1,19 +1,31 @@
 """Toy model and dataset builder for the runner and task tests (no MMICT model needed).
 
 Registers ``_toy_linear_model`` (a frozen Linear, a trainable Linear head and a buffer; answers
-"yes"/"no") and ``_toy_builder`` (random vectors labelled by a fixed linear rule; datasets record
-their ``set_epoch`` calls). Import it in-process, or in a ``train.py`` subprocess with
-``LAVIS_MMICT_EXTRA_IMPORTS=_toy_plugin`` and ``tests/`` on ``PYTHONPATH``.
+"yes"/"no"; optional ``dropout``) and ``_toy_builder`` (random vectors labelled by a fixed linear
+rule; datasets record their ``set_epoch`` calls). Import it in-process, or in a ``train.py``
+subprocess with ``LAVIS_MMICT_EXTRA_IMPORTS=_toy_plugin`` and ``tests/`` on ``PYTHONPATH``.
+
+Dataset ``build_info`` options for the hardening tests:
+    augment_noise        std of Gaussian noise added to training features in ``__getitem__``
+                         (drawn from the global torch RNG, like LAVIS's random processors)
+    skipped_media_every  n > 0: batches carry ``num_skipped_media`` = how many of their items have
+                         ``index % n == 0`` (as a ``skip_bad_media`` dataset reports what it skipped)
 
 Test hooks (environment variables, read at call time):
     TOY_PARAM_DUMP_DIR  each ``before_evaluation`` saves this rank's trainable parameters and the
                         registered output dir to ``<dir>/rank<r>_eval<n>.pt``.
     TOY_SKEW_JOB_ID     on non-zero ranks, make the local timestamp differ, to show that all
                         ranks still use rank 0's job id.
+    TOY_FAIL_AT         ``rank:epoch:step``: that rank raises ``ToyFailure`` in that training step.
+    TOY_STALL_AT        ``epoch:step:dir``: in that training step every rank writes its pid to
+                        ``dir/rank<r>.pid`` and sleeps (a test kills the run there, mid-epoch).
+    TOY_SEEN_KEYS_FILE  every training forward appends its batch's keys (one json list a line).
 """
 import hashlib
+import json
 import os
 import tempfile
+import time
 
 import torch
 import torch.nn as nn
@@ -72,11 +84,13 @@ _DEFAULT_PATHS = _write_defaults()
 class ToyQADataset(Dataset):
     """``n`` random vectors; the answer is "yes" when ``x @ TRUE_WEIGHTS > 0``."""
 
-    def __init__(self, num_items, first_question_id, seed):
+    def __init__(self, num_items, first_question_id, seed, augment_noise=0.0, skipped_media_every=0):
         generator = torch.Generator().manual_seed(seed)
         self.features = torch.randn(num_items, NUM_FEATURES, generator=generator)
         self.answers = ["yes" if v > 0 else "no" for v in (self.features @ TRUE_WEIGHTS).tolist()]
         self.first_question_id = first_question_id
+        self.augment_noise = float(augment_noise)
+        self.skipped_media_every = int(skipped_media_every)
         self.epochs = []  # set_epoch calls, for tests
 
     def set_epoch(self, epoch):
@@ -86,8 +100,12 @@ class ToyQADataset(Dataset):
         return len(self.answers)
 
     def __getitem__(self, index):
+        x = self.features[index]
+        if self.augment_noise:
+            x = x + self.augment_noise * torch.randn(NUM_FEATURES)
         return {
-            "x": self.features[index],
+            "x": x,
+            "index": index,
             "text_input": f"question {index}",
             "text_output": self.answers[index],
             "question_id": self.first_question_id + index,
@@ -95,7 +113,12 @@ class ToyQADataset(Dataset):
         }
 
     def collater(self, samples):
-        return default_collate(samples)
+        batch = default_collate(samples)
+        if self.skipped_media_every:
+            batch["num_skipped_media"] = sum(
+                1 for s in samples if s["index"] % self.skipped_media_every == 0
+            )
+        return batch
 
 
 @registry.register_builder(BUILDER_NAME)
@@ -107,9 +130,11 @@ class ToyBuilder(BaseDatasetBuilder):
 
     def build(self):
         info = self.config.build_info
+        every = int(info.get("skipped_media_every", 0))
+        noise = float(info.get("augment_noise", 0.0))
         return {
-            "train": ToyQADataset(int(info.num_train), 0, seed=1),
-            "val": ToyQADataset(int(info.num_val), 10_000, seed=2),
+            "train": ToyQADataset(int(info.num_train), 0, seed=1, augment_noise=noise, skipped_media_every=every),
+            "val": ToyQADataset(int(info.num_val), 10_000, seed=2, skipped_media_every=every),
             "test": ToyQADataset(int(info.num_test), 20_000, seed=3),
         }
 
@@ -118,22 +143,24 @@ class ToyBuilder(BaseDatasetBuilder):
 class ToyLinearModel(BaseModel):
     PRETRAINED_MODEL_CONFIG_DICT = {"default": _DEFAULT_PATHS["model"]}
 
-    def __init__(self, hidden=8):
+    def __init__(self, hidden=8, dropout=0.0):
         super().__init__()
         self.frozen = nn.Linear(NUM_FEATURES, hidden)
         self.frozen.requires_grad_(False)
+        self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, 1)
         self.register_buffer("scale", torch.ones(1))
         self._eval_calls = 0
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(hidden=int(cfg.get("hidden", 8)))
+        return cls(hidden=int(cfg.get("hidden", 8)), dropout=float(cfg.get("dropout", 0.0)))
 
     def logits(self, samples):
-        return self.head(self.frozen(samples["x"])).squeeze(-1) * self.scale
+        return self.head(self.dropout(self.frozen(samples["x"]))).squeeze(-1) * self.scale
 
     def forward(self, samples):
+        _test_hooks(samples)
         targets = torch.tensor(
             [1.0 if a == "yes" else 0.0 for a in samples["text_output"]], device=samples["x"].device
         )
@@ -152,6 +179,35 @@ class ToyLinearModel(BaseModel):
                 os.path.join(dump_dir, f"rank{get_rank()}_eval{self._eval_calls}.pt"),
             )
         self._eval_calls += 1
+
+
+class ToyFailure(RuntimeError):
+    """Raised by TOY_FAIL_AT."""
+
+
+def _at_step(epoch, step, samples):
+    return int(samples["epoch"]) == int(epoch) and int(samples["iters"]) == int(step)
+
+
+def _test_hooks(samples):
+    seen_file = os.environ.get("TOY_SEEN_KEYS_FILE")
+    if seen_file:
+        with open(seen_file, "a") as f:
+            f.write(json.dumps(sorted(samples)) + "\n")
+    fail_at = os.environ.get("TOY_FAIL_AT")
+    if fail_at:
+        rank, epoch, step = fail_at.split(":")
+        if get_rank() == int(rank) and _at_step(epoch, step, samples):
+            raise ToyFailure(f"toy failure on rank {rank} at epoch {epoch}, step {step}")
+    stall_at = os.environ.get("TOY_STALL_AT")
+    if stall_at:
+        epoch, step, directory = stall_at.split(":", 2)
+        if _at_step(epoch, step, samples):
+            path = os.path.join(directory, f"rank{get_rank()}.pid")
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(path + ".tmp", path)
+            time.sleep(600)
 
 
 if os.environ.get("TOY_SKEW_JOB_ID") and os.environ.get("RANK", "0") != "0":

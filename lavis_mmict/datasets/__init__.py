@@ -16,3 +16,4 @@ from lavis_mmict.datasets.records import MediaRecordDataset, load_annotations  #
 from lavis_mmict.datasets.icl_dataset import ICLDataset, collate_icl_samples  # noqa: F401
 from lavis_mmict.datasets.synthetic import SYNTHETIC_VOCABULARY, generate_synthetic_videoqa  # noqa: F401
 from lavis_mmict.datasets import builders  # noqa: F401  (registers the builders)
+from lavis_mmict.datasets import web_pairs  # noqa: F401  (registers the web_pairs_icl builder)

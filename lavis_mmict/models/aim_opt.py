@@ -1,0 +1,542 @@
+"""``aim_opt``: AIM's fused demonstration tokens on a frozen BLIP-2 OPT.
+
+AIM (arXiv 2406.07588) was published on Qwen-VL and LLaVA-Next; this is a port to LAVIS's BLIP-2
+OPT. Everything of BLIP-2 (ViT, Q-Former, its projection, OPT) stays frozen. For a batch of B
+queries with up to K demonstrations each:
+
+  fused (AIM):  each demonstration is read by the frozen model as ``[visual N][</s> demo text]``
+                (one batched LLM pass over all demos not in the Demonstration Bank); the hidden
+                states at its text positions, from ``fusion_layer``, are cached (models/demo_bank.py)
+                and go through the trainable ``projection``: one fused token per text token.
+  raw:          each demonstration is fed as is, ``[visual N][</s> demo text]`` (the usual
+                multimodal ICL baseline; same frozen weights, nothing trained).
+  none:         zero-shot, no demonstrations.
+
+LLM input per sample: ``[demo 1] <sep> ... [demo K] <sep> [query visual N][</s> prompt]`` (+ the
+target when training), packed by models/sequence.py; one LLM call gives the loss (target tokens
+only) or ``generate()``. Trained: the projection and, optionally, the separator vector.
+
+Parameter names follow LAVIS's ``Blip2OPT`` (``visual_encoder``, ``ln_vision``, ``Qformer``,
+``query_tokens``, ``opt_proj``, ``opt_model``), so LAVIS BLIP-2 OPT checkpoints load as they are.
+"""
+import logging
+import os
+
+import torch
+import torch.nn as nn
+from lavis.common.registry import registry
+from lavis.models.blip2_models.blip2 import Blip2Base
+from torch.nn.utils.rnn import pad_sequence
+
+from lavis_mmict import backbones
+from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
+from lavis_mmict.models.demo_bank import DemoBank, demo_content_key, module_fingerprint
+from lavis_mmict.models.sequence import IGNORE_INDEX, NO_TOKEN, Segment, demo_segment, pack_segments
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
+
+DEMO_MODES = ("fused", "raw", "none")
+PROJECTIONS = ("linear", "mlp")
+# Changes whenever what the reading pass computes changes (invalidates every bank entry).
+READING_FORMAT = "visual+bos+text/1"
+
+
+def build_projection(kind, in_dim, out_dim):
+    """Hidden states (in_dim) -> LLM input embeddings (out_dim): ``linear`` or a 2-layer ``mlp``."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    raise ValueError(f"Unknown model.projection {kind!r}; valid: {list(PROJECTIONS)}")
+
+
+def build_demo_bank(cfg):
+    """A DemoBank from the ``demo_bank`` config block, or None when ``enabled: false``."""
+    bank_cfg = dict(cfg or {})
+    known = {"enabled", "max_items", "disk_dir", "log_every"}
+    unknown = sorted(set(bank_cfg) - known)
+    if unknown:
+        raise ValueError(f"Unknown key(s) under model.demo_bank: {unknown}; valid: {sorted(known)}")
+    if not bank_cfg.get("enabled", True):
+        return None
+    return DemoBank(
+        max_items=int(bank_cfg.get("max_items", 10000)),
+        disk_dir=bank_cfg.get("disk_dir") or None,
+        log_every=int(bank_cfg.get("log_every", 1000)),
+    )
+
+
+@registry.register_model("aim_opt")
+class AIMOpt(Blip2Base):
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "tiny": os.path.join(CONFIG_DIR, "aim_opt_tiny.yaml"),
+        "pretrain_opt2.7b": os.path.join(CONFIG_DIR, "aim_opt_pretrain_opt2.7b.yaml"),
+        "pretrain_opt6.7b": os.path.join(CONFIG_DIR, "aim_opt_pretrain_opt6.7b.yaml"),
+        "caption_coco_opt2.7b": os.path.join(CONFIG_DIR, "aim_opt_caption_coco_opt2.7b.yaml"),
+        "caption_coco_opt6.7b": os.path.join(CONFIG_DIR, "aim_opt_caption_coco_opt6.7b.yaml"),
+    }
+    default_model_type = "tiny"
+
+    def __init__(
+        self,
+        visual_encoder,
+        ln_vision,
+        Qformer,
+        query_tokens,
+        opt_model,
+        opt_tokenizer,
+        demo_mode="fused",
+        fusion_layer=-1,
+        projection="linear",
+        separator="<|endofchunk|>",
+        train_separator=True,
+        prompt="",
+        max_txt_len=32,
+        demo_bank=None,
+        freeze_vit=True,
+        freeze_qformer=True,
+        freeze_llm=True,
+    ):
+        super().__init__()
+        if demo_mode not in DEMO_MODES:
+            raise ValueError(f"Unknown model.demo_mode {demo_mode!r}; valid: {list(DEMO_MODES)}")
+        self.visual_encoder = visual_encoder
+        self.ln_vision = ln_vision
+        self.Qformer = Qformer
+        self.query_tokens = query_tokens
+        self.opt_model = opt_model
+        self.opt_tokenizer = opt_tokenizer
+        llm_config = opt_model.config
+        self.opt_proj = nn.Linear(Qformer.config.hidden_size, llm_config.word_embed_proj_dim)
+
+        self.demo_mode = demo_mode
+        num_states = llm_config.num_hidden_layers + 1  # embeddings, then one per decoder layer
+        if not -num_states <= int(fusion_layer) < num_states:
+            raise ValueError(
+                f"model.fusion_layer={fusion_layer} is out of range for an LLM with "
+                f"{llm_config.num_hidden_layers} layers (valid: {-num_states}..{num_states - 1})"
+            )
+        self.fusion_layer = int(fusion_layer) % num_states
+        self.prompt = prompt
+        self.max_txt_len = max_txt_len
+        self.demo_bank = demo_bank
+
+        # The last hidden state is after OPT's output projection (word_embed_proj_dim) if it has one.
+        is_last = self.fusion_layer == num_states - 1
+        state_dim = llm_config.word_embed_proj_dim if is_last else llm_config.hidden_size
+        self.projection = build_projection(projection, state_dim, llm_config.word_embed_proj_dim)
+        self.projection_kind = projection
+
+        self.separator = separator
+        self.separator_id = self._separator_token_id(separator)
+        self.separator_embed = nn.Parameter(self.token_embedding_row(self.separator_id))
+        # Answers end with a newline, as LAVIS's BLIP-2 OPT was trained; generation stops there.
+        self.answer_end = "\n"
+        self.answer_end_id = opt_tokenizer(self.answer_end, add_special_tokens=False).input_ids[0]
+
+        # What trains: AIM trains only its projection (+ separator); the base stays frozen unless a
+        # freeze_* switch says otherwise (e.g. the tiny demo's stand-in for BLIP-2 pre-training).
+        self.freeze_vit, self.freeze_qformer, self.freeze_llm = freeze_vit, freeze_qformer, freeze_llm
+        self._set_trainable(self.visual_encoder, not freeze_vit)
+        for part in (self.ln_vision, self.Qformer, self.opt_proj):
+            self._set_trainable(part, not freeze_qformer)
+        self.query_tokens.requires_grad = not freeze_qformer
+        self._set_trainable(self.opt_model, not freeze_llm)
+        # AIM's own parameters train in every mode, so a raw/none model still has some (DDP
+        # refuses a model without); only fused mode uses them.
+        self.separator_embed.requires_grad = bool(train_separator)
+        self.train_separator = bool(train_separator)
+
+        self._fingerprint = None
+        self._warned_bank_off = False
+        self.train(False)
+
+    # ---------------------------------------------------------------- building
+    @staticmethod
+    def _set_trainable(module, trainable):
+        for param in module.parameters():
+            param.requires_grad = trainable
+
+    def _separator_token_id(self, separator):
+        ids = self.opt_tokenizer(separator, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ValueError(
+                f"model.separator {separator!r} is not one token of the LLM tokenizer "
+                f"(it gives {len(ids)}); use a single token or let from_config add it"
+            )
+        return ids[0]
+
+    def token_embedding_row(self, token_id):
+        return self.opt_model.get_input_embeddings().weight[token_id].detach().clone().float()
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbones.check_weights_available(cfg)  # one clear error before minutes of building
+        visual_encoder, ln_vision = backbones.build_vision_encoder(cfg)
+        Qformer, query_tokens, _ = backbones.build_qformer(cfg, visual_encoder.num_features)
+        # BLIP-2 OPT's Q-Former reads no text: drop its text-only parts, as LAVIS's Blip2OPT does.
+        Qformer.bert.embeddings.word_embeddings = None
+        Qformer.bert.embeddings.position_embeddings = None
+        for layer in Qformer.bert.encoder.layer:
+            layer.output = None
+            layer.intermediate = None
+        opt_model, opt_tokenizer, family = backbones.build_llm(cfg)
+        if family != "opt":
+            raise ValueError(f"aim_opt needs an OPT LLM; model.llm_model is a {family!r} model")
+        separator = cfg.get("separator", "<|endofchunk|>")
+        if len(opt_tokenizer(separator, add_special_tokens=False).input_ids) != 1:
+            opt_tokenizer.add_special_tokens({"additional_special_tokens": [separator]})
+            opt_model.resize_token_embeddings(len(opt_tokenizer))
+        model = cls(
+            visual_encoder=visual_encoder,
+            ln_vision=ln_vision,
+            Qformer=Qformer,
+            query_tokens=query_tokens,
+            opt_model=opt_model,
+            opt_tokenizer=opt_tokenizer,
+            demo_mode=cfg.get("demo_mode", "fused"),
+            fusion_layer=cfg.get("fusion_layer", -1),
+            projection=cfg.get("projection", "linear"),
+            separator=separator,
+            train_separator=cfg.get("train_separator", True),
+            prompt=cfg.get("prompt", ""),
+            max_txt_len=cfg.get("max_txt_len", 32),
+            demo_bank=build_demo_bank(cfg.get("demo_bank", None)),
+            freeze_vit=cfg.get("freeze_vit", True),
+            freeze_qformer=cfg.get("freeze_qformer", True),
+            freeze_llm=cfg.get("freeze_llm", True),
+        )
+        # `pretrained` and LAVIS's `finetuned` give the frozen BLIP-2 base; AIM's own parameters
+        # come from our runner checkpoints (run.eval_ckpt_path / load_trainable_checkpoint).
+        for key in ("pretrained", "finetuned"):
+            if cfg.get(key) and (key == "pretrained" or cfg.get("load_finetuned", False)):
+                model.load_base_checkpoint(cfg.get(key), key)
+        # the separator starts as the (possibly just loaded) LLM's own embedding of its token
+        model.separator_embed.data.copy_(model.token_embedding_row(model.separator_id))
+        return model
+
+    def aim_parameter_names(self):
+        """Names of AIM's own parameters (projection, separator), never taken from a base checkpoint."""
+        return {"separator_embed"} | {f"projection.{name}" for name, _ in self.projection.named_parameters()}
+
+    def load_base_checkpoint(self, url_or_path, config_key="pretrained"):
+        """Load the base's weights from a LAVIS BLIP-2 OPT checkpoint (or one of our runner
+        checkpoints, e.g. a base trained with freeze_* off); non-strict, AIM's own parameters skipped.
+
+        Returns the set of keys loaded. LAVIS's parameter names are this model's names.
+        """
+        path = backbones.resolve_weights_file(url_or_path, "BLIP-2 OPT checkpoint", config_key)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = checkpoint.get("model", checkpoint)
+        own = self.state_dict()
+        skip = self.aim_parameter_names()
+        usable = {k: v for k, v in state_dict.items() if k in own and k not in skip}
+        mismatched = sorted(k for k, v in usable.items() if tuple(v.shape) != tuple(own[k].shape))
+        if mismatched:
+            raise ValueError(f"{path} (model.{config_key}): shapes differ from the model for {mismatched[:5]}")
+        self.load_state_dict(usable, strict=False)
+        logging.info("loaded %d tensors from %s; %d not in the model were skipped",
+                     len(usable), path, len(state_dict) - len(usable))
+        return set(usable)
+
+    def load_trainable_checkpoint(self, path):
+        """Load a checkpoint written by our runners (trainable parameters only), checked first."""
+        checkpoint = read_checkpoint(path)
+        return load_trainable_state_dict(self, checkpoint["model"], source=path)
+
+    # ---------------------------------------------------------------- frozen parts
+    def base_modules(self):
+        """The frozen MLLM's parts that read demonstrations (name, module)."""
+        return [("visual_encoder", self.visual_encoder), ("ln_vision", self.ln_vision),
+                ("Qformer", self.Qformer), ("opt_proj", self.opt_proj), ("opt_model", self.opt_model)]
+
+    def base_is_frozen(self):
+        params = [self.query_tokens] + [p for _, m in self.base_modules() for p in m.parameters()]
+        return not any(p.requires_grad for p in params)
+
+    def train(self, mode=True):
+        """Frozen parts stay in eval mode (no dropout): their outputs, and the bank, stay exact."""
+        super().train(mode)
+        frozen = {"visual_encoder": self.freeze_vit, "opt_model": self.freeze_llm}
+        for name, module in self.base_modules():
+            if frozen.get(name, self.freeze_qformer):
+                nn.Module.train(module, False)
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        self._fingerprint = None  # dtype or device changes change the features
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict=True, **kwargs):
+        self._fingerprint = None
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+
+    def fingerprint(self):
+        """Hash of everything the demo features depend on (see demo_bank.module_fingerprint)."""
+        if self._fingerprint is None:
+            tensors = [("query_tokens", self.query_tokens)]
+            for prefix, module in self.base_modules():
+                tensors += [(f"{prefix}.{n}", t) for n, t in module.state_dict().items()]
+            # the device type also says whether the reading pass runs under fp16 autocast (CUDA)
+            self._fingerprint = module_fingerprint(tensors, extra=(
+                type(self).__name__, READING_FORMAT, self.fusion_layer, self.max_txt_len,
+                self.opt_tokenizer.name_or_path, len(self.opt_tokenizer), self.device.type,
+            ))
+        return self._fingerprint
+
+    # ---------------------------------------------------------------- encoders
+    def encode_visual(self, frames):
+        """frames (M, F, 3, H, W) -> N visual tokens per item in the LLM space (M, N, D).
+
+        All F frames' patch tokens form one Q-Former memory (frames concatenated, as in mmict_blip2).
+        """
+        num_items, num_frames = frames.shape[:2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vit):
+            patches = self.visual_encoder(frames.flatten(0, 1))
+        memory = self.ln_vision(patches).reshape(num_items, num_frames * patches.shape[1], -1)
+        memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        queries = self.query_tokens.expand(num_items, -1, -1)
+        query_output = self.Qformer.bert(
+            query_embeds=queries, encoder_hidden_states=memory, encoder_attention_mask=memory_mask,
+            return_dict=True,
+        ).last_hidden_state
+        return self.opt_proj(query_output)
+
+    def embed_tokens(self, ids):
+        return self.opt_model.get_input_embeddings()(ids)
+
+    def tokenize_demo_texts(self, texts):
+        """``</s> text`` per demo, right-padded: ids and mask (M, 1 + L); max_txt_len text tokens."""
+        tokens = self.opt_tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=self.max_txt_len + 1,
+            return_tensors="pt",
+        ).to(self.device)
+        return tokens.input_ids, tokens.attention_mask.bool()
+
+    def raw_demo_embeds(self, demo_visual, texts):
+        """What the frozen model reads for each demo: [visual N][</s> text] -> (M, N+1+L, D), mask."""
+        ids, text_mask = self.tokenize_demo_texts(texts)
+        embeds = torch.cat([demo_visual, self.embed_tokens(ids).to(demo_visual.dtype)], dim=1)
+        visual_mask = torch.ones(demo_visual.shape[:2], dtype=torch.bool, device=self.device)
+        return embeds, torch.cat([visual_mask, text_mask], dim=1), text_mask
+
+    def read_demos(self, demo_visual, texts):
+        """One frozen LLM pass over M demos -> list of M hidden-state tensors (L_i, H) at their
+        text positions (the ``</s>`` and padding excluded), from layer ``fusion_layer``."""
+        embeds, mask, text_mask = self.raw_demo_embeds(demo_visual, texts)
+        outputs = self.opt_model.model.decoder(
+            inputs_embeds=embeds, attention_mask=mask.long(), output_hidden_states=True, return_dict=True,
+        )
+        start = demo_visual.shape[1] + 1
+        hidden = outputs.hidden_states[self.fusion_layer][:, start:]
+        lengths = text_mask[:, 1:].sum(dim=1).tolist()
+        return [hidden[i, :length] for i, length in enumerate(lengths)]
+
+    def bank_lookup(self, demo_frames, demo_texts):
+        """Look M demos up in the bank.
+
+        Returns ((cached states or None per demo, content keys, fingerprint) or None when the bank
+        is off, indices of the demos the model must read).
+        """
+        bank = self.demo_bank
+        if bank is not None and not self.base_is_frozen():
+            if not self._warned_bank_off:
+                logging.warning("aim_opt: demo bank bypassed, the base model is not frozen")
+                self._warned_bank_off = True
+            bank = None
+        if bank is None:
+            return None, list(range(len(demo_texts)))
+        fingerprint = self.fingerprint()
+        keys = [demo_content_key(frames, text) for frames, text in zip(demo_frames, demo_texts)]
+        cached = bank.lookup(keys, fingerprint)
+        missing = [i for i, value in enumerate(cached) if value is None]
+        return (cached, keys, fingerprint), missing
+
+    # ---------------------------------------------------------------- LLM inputs
+    def format_prompts(self, samples, prompt=None):
+        """The LLM prompt of each query: ``prompt`` with ``{}`` filled by ``text_input``."""
+        template = self.prompt if prompt is None or prompt == "" else prompt
+        texts = samples.get("text_input")
+        if texts is None:
+            return [template] * samples["image"].shape[0]
+        if isinstance(texts, str):
+            texts = [texts]
+        if "{}" in template:
+            return [template.format(text) for text in texts]
+        return [template or text for text in texts]
+
+    def prompt_segment(self, prompts):
+        tokens = self.opt_tokenizer(
+            prompts, padding="longest", truncation=True, max_length=self.max_txt_len, return_tensors="pt"
+        ).to(self.device)
+        ids = tokens.input_ids
+        return Segment(self.embed_tokens(ids), tokens.attention_mask.bool(), token_ids=ids)
+
+    def target_segment(self, answers):
+        tokens = self.opt_tokenizer(
+            [answer + self.answer_end for answer in answers], add_special_tokens=False,
+            padding="longest", truncation=True, max_length=self.max_txt_len, return_tensors="pt",
+        ).to(self.device)
+        mask = tokens.attention_mask.bool()
+        labels = tokens.input_ids.masked_fill(~mask, IGNORE_INDEX)
+        return Segment(self.embed_tokens(tokens.input_ids), mask, labels=labels, token_ids=tokens.input_ids)
+
+    def demo_embeddings(self, samples):
+        """Visual tokens of the queries and each sample's demonstrations as the LLM will see them.
+
+        Returns (query_visual (B, N, D), demo_embeds (B, K, L, D) or None, demo_token_mask
+        (B, K, L) or None, demo_mask (B, K) or None, separator (D,) or None).
+        """
+        image = samples["image"]
+        if image.dim() == 4:  # a batch of still images is a batch of one-frame clips
+            image = image.unsqueeze(1)
+        batch = image.shape[0]
+        demo_mask = samples.get("demo_mask")
+        use_demos = self.demo_mode != "none" and demo_mask is not None and demo_mask.numel() > 0
+        if use_demos:
+            demo_mask = demo_mask.to(self.device).bool()
+            use_demos = bool(demo_mask.any())
+        if not use_demos:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.base_is_frozen()):
+                return self.encode_visual(image), None, None, None, None
+
+        sample_index, demo_index = demo_mask.nonzero(as_tuple=True)
+        demo_image = samples["demo_image"]
+        if demo_image.dim() == 5:
+            demo_image = demo_image.unsqueeze(2)
+        demo_frames = demo_image[sample_index.to(demo_image.device), demo_index.to(demo_image.device)]
+        demo_texts = [samples["demo_text"][b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
+
+        bank_state, missing = (None, list(range(len(demo_texts))))
+        if self.demo_mode == "fused":
+            bank_state, missing = self.bank_lookup(demo_frames, demo_texts)
+
+        # One ViT + Q-Former call over the queries and the demos that must be read.
+        base_grad = torch.is_grad_enabled() and not self.base_is_frozen()
+        with torch.set_grad_enabled(base_grad):
+            frames = torch.cat([image, demo_frames[missing].to(image.device)], dim=0) if missing else image
+            visual = self.encode_visual(frames)
+        query_visual, missing_visual = visual[:batch], visual[batch:]
+
+        if self.demo_mode == "raw":
+            real_embeds, real_mask, _ = self.raw_demo_embeds(missing_visual, demo_texts)
+            separator = self.embed_tokens(torch.tensor(self.separator_id, device=self.device))
+        else:
+            with torch.set_grad_enabled(base_grad):
+                read = self.read_demos(missing_visual, [demo_texts[i] for i in missing]) if missing else []
+            states = [None] * len(demo_texts)
+            for i, state in zip(missing, read):
+                states[i] = state
+            if bank_state is not None:
+                cached, keys, fingerprint = bank_state
+                for i, state in zip(missing, read):
+                    self.demo_bank.store(keys[i], fingerprint, state)
+                states = [state if state is not None else cached[i].to(self.device)
+                          for i, state in enumerate(states)]
+            lengths = torch.tensor([state.shape[0] for state in states], device=self.device)
+            padded = pad_sequence(states, batch_first=True)  # (M, L, H)
+            real_mask = torch.arange(padded.shape[1], device=self.device)[None, :] < lengths[:, None]
+            real_embeds = self.projection(padded.to(self.projection_dtype()))
+            separator = self.separator_embed
+
+        # Scatter the real demos to their (sample, slot) places; absent slots stay masked.
+        num_slots, length = demo_mask.shape[1], real_embeds.shape[1]
+        demo_embeds = real_embeds.new_zeros(batch, num_slots, length, real_embeds.shape[-1])
+        demo_token_mask = torch.zeros(batch, num_slots, length, dtype=torch.bool, device=self.device)
+        demo_embeds[sample_index, demo_index] = real_embeds
+        demo_token_mask[sample_index, demo_index] = real_mask
+        return query_visual, demo_embeds, demo_token_mask, demo_mask, separator
+
+    def projection_dtype(self):
+        return next(self.projection.parameters()).dtype
+
+    def prefix_segments(self, samples, prompt=None):
+        """[demos with separators] [query visual tokens] [prompt] for every sample."""
+        query_visual, demo_embeds, demo_token_mask, demo_mask, separator = self.demo_embeddings(samples)
+        segments = []
+        if demo_embeds is not None:
+            segments.append(demo_segment(demo_embeds, demo_token_mask, demo_mask, separator))
+        visual_mask = torch.ones(query_visual.shape[:2], dtype=torch.bool, device=self.device)
+        segments.append(Segment(query_visual, visual_mask))
+        segments.append(self.prompt_segment(self.format_prompts(samples, prompt)))
+        dtype = self.opt_model.get_input_embeddings().weight.dtype
+        for segment in segments:  # one dtype for the packed input (fp16 LLM on GPU, fp32 projection)
+            segment.embeds = segment.embeds.to(dtype)
+        return segments
+
+    # ---------------------------------------------------------------- training
+    def forward(self, samples):
+        """Returns {"loss"}: cross-entropy averaged over the batch's target tokens only."""
+        with self.maybe_autocast():
+            segments = self.prefix_segments(samples)
+            segments.append(self.target_segment(samples["text_output"]))
+            packed = pack_segments(segments, padding_side="right")
+            outputs = self.opt_model(
+                inputs_embeds=packed.embeds, attention_mask=packed.attention_mask,
+                labels=packed.labels, return_dict=True,
+            )
+        return {"loss": outputs.loss}
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def generate(
+        self,
+        samples,
+        use_nucleus_sampling=False,
+        num_beams=5,
+        max_length=30,
+        min_length=1,
+        top_p=0.9,
+        repetition_penalty=1.0,
+        length_penalty=1.0,
+        num_captions=1,
+        temperature=1.0,
+        prompt=None,
+    ):
+        """Batched generation with each sample's demonstrations; returns B * num_captions strings."""
+        with self.maybe_autocast():
+            packed = pack_segments(self.prefix_segments(samples, prompt), padding_side="left")
+            # LAVIS's OPT generates from `query_embeds` followed by `input_ids`: every sample's last
+            # position is a prompt token (left padding), so it becomes the single input id.
+            last_ids = packed.token_ids[:, -1:]
+            assert bool((last_ids != NO_TOKEN).all()), "the prompt must end every LLM prefix"
+            expand = num_captions if use_nucleus_sampling else max(num_beams, 1)
+            outputs = self.opt_model.generate(
+                input_ids=last_ids,
+                query_embeds=packed.embeds[:, :-1].repeat_interleave(expand, dim=0),
+                attention_mask=packed.attention_mask,
+                do_sample=use_nucleus_sampling,
+                top_p=top_p,
+                temperature=temperature,
+                num_beams=1 if use_nucleus_sampling else num_beams,
+                max_length=max_length + 1,
+                min_length=min_length + 1,
+                eos_token_id=self.answer_end_id,
+                pad_token_id=self.opt_tokenizer.pad_token_id,
+                repetition_penalty=repetition_penalty,
+                length_penalty=length_penalty,
+                num_return_sequences=num_captions,
+            )
+        texts = self.opt_tokenizer.batch_decode(outputs[:, 1:], skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def predict_answers(
+        self,
+        samples,
+        num_beams=5,
+        inference_method="generate",
+        max_len=10,
+        min_len=1,
+        num_ans_candidates=128,
+        answer_list=None,
+        prompt="",
+        length_penalty=0,
+        **kwargs,
+    ):
+        """Open-ended answers (one string per query), generated with the query's demonstrations."""
+        if inference_method != "generate":
+            raise ValueError(f"aim_opt answers by generation only, got inference_method={inference_method!r}")
+        return self.generate(
+            samples, num_beams=num_beams, max_length=max_len, min_length=min_len,
+            length_penalty=length_penalty, prompt=prompt,
+        )
