@@ -38,6 +38,9 @@ def cpu_peak_supported() -> bool:
     return os.path.exists("/proc/self/clear_refs")
 
 
+_configure_malloc()  # before the models are built, so every large block is mapped on its own
+
+
 def peak_bytes(fn, device="cpu") -> int:
     """Peak memory (bytes) that ``fn()`` allocated above the memory in use when it started."""
     gc.collect()

@@ -1,8 +1,8 @@
 """Benchmark sizes as configurations (no code path of their own).
 
-tiny   the package's ``mmict_blip2`` tiny type (32 px, ~0.2 M parameters): per-call overheads dominate.
-small  ``benchmarks/configs/mmict_blip2_small.yaml``: 224 px, ~10 M random parameters, CPU.
-real   ``benchmarks/configs/mmict_blip2_real.yaml``: BLIP-2 OPT-2.7B shapes, random weights, GPU.
+tiny   the package's tiny types (32 px, 0.4 M parameters, 4 frames per clip): per-call overheads dominate.
+small  ``benchmarks/configs/mmict_blip2_small.yaml``: 224 px, ~11 M random parameters, 1 frame per clip, CPU.
+real   ``benchmarks/configs/mmict_blip2_real.yaml``: BLIP-2 OPT-2.7B shapes, random weights, 4 frames, GPU.
 """
 import os
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ class Size:
 SIZES = {
     "tiny": Size("lavis_mmict/configs/models/mmict_blip2_tiny.yaml",
                  "lavis_mmict/configs/models/aim_opt_tiny.yaml", frames=4),
-    "small": Size("benchmarks/configs/mmict_blip2_small.yaml", "benchmarks/configs/aim_opt_small.yaml", frames=2),
+    "small": Size("benchmarks/configs/mmict_blip2_small.yaml", "benchmarks/configs/aim_opt_small.yaml", frames=1),
     "real": Size("benchmarks/configs/mmict_blip2_real.yaml", "benchmarks/configs/aim_opt_real.yaml", frames=4,
                  llm_half=True),
 }

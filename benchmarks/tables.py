@@ -74,10 +74,16 @@ def training_speedup(size, device, rounds, batches=(4, 16), shots=(2, 4, 8), tar
     ours, reference = float(_batched_loss(model, check)), float(per_turn_loss(model, check))
     table.notes.append(f"same loss on the same batch: batched {ours:.6f}, per-turn {reference:.6f}")
     no_cache, memory_cache = DemoFeatureCache("none"), DemoFeatureCache("memory", memory_items=100000)
-    results = {}
+    results, warmup = {}, 1
     for batch in batches:
         for num_demos in shots:
             samples = make_batch(batch, num_demos, frames, pixels, seed=batch * 100 + num_demos, device=device)
+            # the cache holds every demo clip (the steady state); one ViT call fills it
+            model.demo_feature_cache = memory_cache
+            with torch.no_grad():
+                keys = [key for row in samples["demo_media_key"] for key in row]
+                model.vit_features(samples["demo_image"].flatten(0, 1), keys)
+            target_row = (batch, num_demos) == (16, 4)
 
             def with_cache(cache, fn):
                 def run():
@@ -88,9 +94,9 @@ def training_speedup(size, device, rounds, batches=(4, 16), shots=(2, 4, 8), tar
             seconds = interleaved({
                 "reference": with_cache(no_cache, _training_step(model, optimizer, samples, per_turn_loss)),
                 "batched": with_cache(no_cache, _training_step(model, optimizer, samples, _batched_loss)),
-                # the warm-up call fills the cache: timed calls are the steady state (every demo clip seen)
                 "cached": with_cache(memory_cache, _training_step(model, optimizer, samples, _batched_loss)),
-            }, rounds=rounds, device=device)
+            }, rounds=rounds if target_row or len(batches) * len(shots) == 1 else 1, warmup=warmup, device=device)
+            warmup = 0  # one-off costs (allocator, kernels) are paid by the first configuration
             model.demo_feature_cache = no_cache
             speedup = median_ratio(seconds["reference"], seconds["batched"])
             cached_speedup = median_ratio(seconds["reference"], seconds["cached"])
@@ -102,6 +108,7 @@ def training_speedup(size, device, rounds, batches=(4, 16), shots=(2, 4, 8), tar
         table.targets.append(_verdict(f"speed-up at B=16, K=4 ({size}, {device}, batched)", speedup, target))
         table.targets.append(_verdict(f"speed-up at B=16, K=4 ({size}, {device}, batched + cache)",
                                       cached_speedup, target))
+    table.notes.append(f"rounds: {rounds} for B=16, K=4 (the target), 1 for the other rows")
     table.notes.append("cache: model.demo_feature_cache=memory, warm (every demo clip's frozen ViT output "
                        "already cached, as from the second time a clip is a demo); the per-turn reference "
                        "and 'batched' run the ViT on every clip")
@@ -178,7 +185,7 @@ def _llm_positions(model, samples) -> int:
     return int(sum(int(segment.mask.sum()) for segment in segments))
 
 
-def aim_inference(size, device, rounds, batch=8, shots=(0, 4, 16), num_beams=5, max_len=10,
+def aim_inference(size, device, rounds, batch=4, shots=(0, 4, 16), num_beams=5, max_len=10,
                   throughput_target=2.0, memory_target=0.2) -> Table:
     fused = build_model(size, device, arch="aim_opt", demo_mode="fused")
     raw = build_model(size, device, arch="aim_opt", demo_mode="raw")
@@ -206,7 +213,6 @@ def aim_inference(size, device, rounds, batch=8, shots=(0, 4, 16), num_beams=5, 
         }, rounds=rounds, device=device)
         for name, model in (("fused", fused), ("raw", raw)):
             throughput[(num_demos, name)] = batch / median(seconds[name])
-            peak_bytes(lambda: model.generate(samples, **settings), device)  # allocator warm-up
             peaks[(num_demos, name)] = peak_bytes(lambda: model.generate(samples, **settings), device) / 2 ** 20
         speedup = median_ratio(seconds["raw"], seconds["fused"])
         for name in ("fused", "raw"):
@@ -232,7 +238,7 @@ def aim_inference(size, device, rounds, batch=8, shots=(0, 4, 16), num_beams=5, 
 
 
 # ---------------------------------------------------------------------- 4. demonstration bank
-def aim_bank(size, device, rounds, batch=8, num_demos=16, target=5.0) -> Table:
+def aim_bank(size, device, rounds, batch=4, num_demos=16, target=5.0) -> Table:
     model = build_model(size, device, arch="aim_opt", demo_mode="fused")
     frames, pixels = SIZES[size].frames, image_size(model)
     samples = make_batch(batch, num_demos, frames, pixels, seed=400, device=device)

@@ -49,8 +49,8 @@ VISION_PRESETS = {
         weights_url="https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth",
     ),
     "tiny": dict(patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2.0, weights_url=None),
-    # ViT-Tiny-like random encoder for CPU benchmarks at 224 px (benchmarks/, "small" size).
-    "small": dict(patch_size=16, embed_dim=192, depth=4, num_heads=3, mlp_ratio=4.0, weights_url=None),
+    # A small random encoder for CPU benchmarks at 224 px (benchmarks/, "small" size).
+    "small": dict(patch_size=16, embed_dim=256, depth=6, num_heads=4, mlp_ratio=4.0, weights_url=None),
 }
 
 VALID_INIT = ("pretrained", "random")
