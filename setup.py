@@ -21,7 +21,8 @@ setup(
         "torchvision==0.29.1",
         # shot-sweep plots (Agg backend, no display needed)
         "matplotlib>=3.5",
-        # aim_opt's demonstration bank on disk (transformers 4.26 does not pull it in)
+        # aim_opt's demonstration bank and mmict_blip2's demo feature cache on disk
+        # (transformers 4.26 does not pull it in)
         "safetensors>=0.3",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},

@@ -7,6 +7,8 @@ whether to load weights or initialise randomly). Tiny folders ship in ``lavis_mm
 Config keys read here (all under ``model:``):
   vit_model            vision preset name: ``eva_clip_g`` (BLIP-2's EVA ViT-g) or ``tiny``
   vit_weights          local path to the ViT weights (default: the preset's file in the torch hub cache)
+  vit_init             ``pretrained`` (load the weights above) or ``random`` (the preset's architecture,
+                       randomly initialised: speed and memory measurements without the weights)
   image_size           input resolution of each frame
   drop_path_rate, use_grad_checkpoint, vit_precision (fp16|fp32), freeze_vit
   qformer_model        BERT name or folder with config.json + vocab.txt (``bert-base-uncased``)
@@ -47,6 +49,8 @@ VISION_PRESETS = {
         weights_url="https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth",
     ),
     "tiny": dict(patch_size=8, embed_dim=48, depth=2, num_heads=4, mlp_ratio=2.0, weights_url=None),
+    # A small random encoder for CPU benchmarks at 224 px (benchmarks/, "small" size).
+    "small": dict(patch_size=16, embed_dim=256, depth=6, num_heads=4, mlp_ratio=4.0, weights_url=None),
 }
 
 VALID_INIT = ("pretrained", "random")
@@ -183,6 +187,8 @@ def missing_weights(cfg):
     problems = []
     vit = cfg.get("vit_model", "eva_clip_g")
     vit_weights = cfg.get("vit_weights", None) or VISION_PRESETS.get(vit, {}).get("weights_url")
+    if _check_init(cfg, "vit_init") == "random":
+        vit_weights = None
     if vit_weights:
         problems.append(_missing_url_or_file(vit_weights, f"Vision encoder weights ({vit})", "vit_weights"))
     qformer = resolve_asset_path(cfg.get("qformer_model", "bert-base-uncased"))
@@ -220,6 +226,8 @@ def build_vision_encoder(cfg):
     preset = dict(VISION_PRESETS[name])
     weights_url = preset.pop("weights_url")
     weights = cfg.get("vit_weights", None) or weights_url
+    if _check_init(cfg, "vit_init") == "random":
+        weights = None
     # find the weights before building: EVA ViT-g takes minutes and GBs to build for nothing
     path = resolve_weights_file(weights, f"Vision encoder weights ({name})", "vit_weights") if weights else None
     encoder = VisionTransformer(

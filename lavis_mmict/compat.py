@@ -8,7 +8,13 @@ Everything else is handled by subclassing (see ``lavis_mmict.runners``). Applied
   objects inside ``BaseTask._train_inner_loop``, so there is no class to subclass: the method is
   replaced by :func:`synchronize_between_processes`, which puts the tensor where the process
   group's backend needs it (CUDA for nccl, CPU otherwise). Same result on CUDA.
+- LAVIS's ``OPTForCausalLM`` and ``T5ForConditionalGeneration`` (modeling_opt/modeling_t5) read the
+  key/value cache from a ``past`` argument of ``prepare_inputs_for_generation``; transformers 4.26
+  passes it as ``past_key_values``, so the cache was dropped and every generated token recomputed
+  the whole prefix (demos included). :func:`accept_past_key_values` hands it on as ``past``.
 """
+import functools
+
 import torch
 import torch.distributed as dist
 from lavis.common import dist_utils
@@ -35,9 +41,29 @@ def synchronize_between_processes(self):
     self.total = total
 
 
+def accept_past_key_values(prepare_inputs_for_generation):
+    """Wrap a LAVIS ``prepare_inputs_for_generation`` so it finds the cache transformers passes."""
+    if getattr(prepare_inputs_for_generation, "accepts_past_key_values", False):
+        return prepare_inputs_for_generation
+
+    @functools.wraps(prepare_inputs_for_generation)
+    def wrapped(self, *args, past_key_values=None, **kwargs):
+        if kwargs.get("past") is None:
+            kwargs["past"] = past_key_values
+        return prepare_inputs_for_generation(self, *args, **kwargs)
+
+    wrapped.accepts_past_key_values = True
+    return wrapped
+
+
 def apply():
     """Install the fixes (idempotent)."""
     SmoothedValue.synchronize_between_processes = synchronize_between_processes
+    from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
+    from lavis.models.blip2_models.modeling_t5 import T5ForConditionalGeneration
+
+    for llm_class in (OPTForCausalLM, T5ForConditionalGeneration):
+        llm_class.prepare_inputs_for_generation = accept_past_key_values(llm_class.prepare_inputs_for_generation)
 
 
 apply()

@@ -13,6 +13,12 @@ their text from the pool record with ``demonstrations.template``. The wrapped da
 Our ``MediaRecordDataset`` (records.py) also offers ``load_frames(index, processor)``, which the
 wrapper uses so demonstrations are read with the eval processor whatever the pool split.
 
+Demo feature cache keys: each demonstration also carries ``demo_media_key``, a digest of what
+decides its frames (media path, size and mtime, frames, frame sampling, decode size, and the eval
+processor), which the model's ``demo_feature_cache`` uses to reuse the clip's frozen ViT output.
+It is "" (not cacheable) when the frames are not read by the pool's ``load_frames`` with a
+deterministic processor (any ``Random*``/``*Augment*`` transform, or no ``transform`` to describe).
+
 Bad media (``skip_bad_media``): by default an unreadable video/image raises ``MediaError`` naming
 the split, record and file (fail fast). With ``skip_bad_media: true`` the item is logged (once per
 file) and ``__getitem__`` returns None; an unreadable demonstration is dropped from its query. The
@@ -20,6 +26,8 @@ collater replaces every None with another readable item of the split (seeded dra
 keep their size and are never empty, and reports ``batch["num_skipped_media"]``: the bad media
 files met while building this batch (skipped queries, failed replacement draws, dropped demos).
 """
+import hashlib
+import json
 import logging
 import os
 import zlib
@@ -31,7 +39,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from lavis_mmict.datasets.demonstrations import DemonstrationConfig, build_demo_sampler, format_demo_text
-from lavis_mmict.datasets.media import MediaError
+from lavis_mmict.datasets.media import MediaError, media_stamp
 from lavis_mmict.datasets.records import (  # noqa: F401  (re-exported: the old home of these)
     MEDIA_FIELD,
     MediaRecordDataset,
@@ -53,6 +61,18 @@ def _report_bad_media(name: str, error: Exception):
     if message not in _reported_media:  # once per file and process: a bad clip is met every epoch
         _reported_media.add(message)
         logging.warning("%s: skipping unreadable media (skip_bad_media: true): %s", name, message)
+
+
+def processor_signature(processor) -> Optional[str]:
+    """A description of a deterministic LAVIS image processor (class and transform pipeline), or
+    None when it augments (a ``Random*``/``*Augment*`` step) or has no ``transform`` to describe."""
+    transform = getattr(processor, "transform", None)
+    if transform is None:
+        return None
+    steps = getattr(transform, "transforms", [transform])
+    if any("Random" in type(step).__name__ or "Augment" in type(step).__name__ for step in steps):
+        return None
+    return f"{type(processor).__module__}.{type(processor).__qualname__}:{transform!r}"
 
 
 def as_frames(item: dict) -> torch.Tensor:
@@ -85,7 +105,7 @@ class ICLDataset(Dataset):
     ``self[i]`` (None for a skipped item)::
 
         {"image": (F,3,H,W), "text_input": str, "text_output": str, ids...,
-         "demo_image": (k,F,3,H,W), "demo_text": k str}
+         "demo_image": (k,F,3,H,W), "demo_text": k str, "demo_media_key": k str}
     """
 
     def __init__(
@@ -109,6 +129,7 @@ class ICLDataset(Dataset):
         self.task_kind = task_kind
         self.caption_prompt = caption_prompt
         self.demo_vis_processor = demo_vis_processor
+        self._demo_key_base = self._demo_frame_reading()
         self.demo_config = (
             demo_config if isinstance(demo_config, DemonstrationConfig)
             else DemonstrationConfig.from_config(demo_config)
@@ -186,6 +207,31 @@ class ICLDataset(Dataset):
         return {"query_features": queries.features, "query_sources": queries.record_sources,
                 "pool_features": pool.features, "pool_sources": pool.record_sources, "pool_valid": pool.valid}
 
+    def _demo_frame_reading(self) -> Optional[dict]:
+        """What decides a demo's frames besides its file, or None when they are not cacheable."""
+        pool = self.pool
+        signature = processor_signature(self.demo_vis_processor)
+        if signature is None or not (hasattr(pool, "load_frames") and hasattr(pool, "media_path")):
+            return None
+        return {
+            "processor": signature,
+            "num_frames": getattr(pool, "num_frames", None),
+            "sampling": getattr(pool, "frame_sampling", None),
+            "decode_size": getattr(pool, "decode_size", None),
+            "data_type": getattr(pool, "data_type", None),
+        }
+
+    def demo_media_key(self, pool_index: int) -> str:
+        """Content key of demo ``pool_index``'s frames for the model's feature cache ("" = none)."""
+        if self._demo_key_base is None:
+            return ""
+        path = os.path.abspath(self.pool.media_path(pool_index))
+        stamp = media_stamp(path)
+        if stamp is None:
+            return ""
+        reading = json.dumps([self._demo_key_base, path, stamp], sort_keys=True, default=str)
+        return hashlib.sha256(reading.encode()).hexdigest()
+
     def _demo_frames(self, dataset, index: int) -> torch.Tensor:
         if hasattr(dataset, "load_frames"):
             return dataset.load_frames(index, self.demo_vis_processor)
@@ -216,7 +262,7 @@ class ICLDataset(Dataset):
             _report_bad_media(self.name, error)
             return None
 
-        frames, texts, skipped = [], [], 0
+        frames, texts, keys, skipped = [], [], [], 0
         for pool_index in self.demo_indices(index):
             try:
                 frames.append(self._demo_frames(self.pool, pool_index))
@@ -227,9 +273,11 @@ class ICLDataset(Dataset):
                 skipped += 1
                 continue
             texts.append(format_demo_text(self.demo_config.template, self.pool.annotation[pool_index]))
+            keys.append(self.demo_media_key(pool_index))
         image = item["image"]
         item["demo_image"] = torch.stack(frames) if frames else image.new_zeros((0,) + image.shape)
         item["demo_text"] = texts
+        item["demo_media_key"] = keys
         if skipped:
             item[_SKIPPED_DEMOS_KEY] = skipped
         return item
@@ -281,6 +329,7 @@ def collate_icl_samples(samples: List[dict]) -> dict:
          "demo_image": (B,K,F,3,H,W), zeros where no demo,
          "demo_text": [B][K] str, "" where no demo,
          "demo_mask": (B,K) bool, True = real demo,
+         "demo_media_key": [B][K] str, "" where no demo (when every item has keys),
          "question_id": [B], "video": [B] and/or "image_id": [B]}
 
     K = 0 for the whole batch gives demo_image (B,0,F,3,H,W) and demo_mask (B,0).
@@ -299,6 +348,11 @@ def collate_icl_samples(samples: List[dict]) -> dict:
         ],
         "demo_mask": torch.arange(max_demos)[None, :] < demo_counts[:, None],
     }
+    if all("demo_media_key" in sample for sample in samples):
+        batch["demo_media_key"] = [
+            list(sample["demo_media_key"]) + [""] * (max_demos - len(sample["demo_media_key"]))
+            for sample in samples
+        ]
     for key in PASS_THROUGH_KEYS:
         if all(key in sample for sample in samples):
             batch[key] = [sample[key] for sample in samples]

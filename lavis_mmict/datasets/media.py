@@ -136,6 +136,24 @@ def load_image(path: str) -> Image.Image:
         raise MediaError(f"Cannot decode image {path}: {error}") from error
 
 
+def media_stamp(path: str):
+    """What identifies the content of the media at ``path`` without reading it: [size, mtime_ns] of a
+    file, or [[name, size, mtime_ns], ...] of the image files of a frame folder; None if absent."""
+    folder = frame_folder_for(path)
+    try:
+        if folder is not None:
+            names = sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
+            stamps = []
+            for name in names:
+                stat = os.stat(os.path.join(folder, name))
+                stamps.append([name, stat.st_size, stat.st_mtime_ns])
+            return stamps
+        stat = os.stat(path)
+        return [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        return None
+
+
 def frames_to_tensor(frames: List[Image.Image], vis_processor: Callable) -> torch.Tensor:
     """Apply a LAVIS image processor to each PIL frame; returns (F, 3, H, W) float."""
     return torch.stack([vis_processor(frame) for frame in frames])

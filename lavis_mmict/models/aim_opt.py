@@ -404,17 +404,23 @@ class AIMOpt(Blip2Base):
         demo_image = samples["demo_image"]
         if demo_image.dim() == 5:
             demo_image = demo_image.unsqueeze(2)
-        demo_frames = demo_image[sample_index.to(demo_image.device), demo_index.to(demo_image.device)]
-        demo_texts = [samples["demo_text"][b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
+        pairs = list(zip(sample_index.tolist(), demo_index.tolist()))
+        demo_texts = [samples["demo_text"][b][k] for b, k in pairs]
 
         bank_state, missing = (None, list(range(len(demo_texts))))
         if self.demo_mode == "fused":
-            bank_state, missing = self.bank_lookup(demo_frames, demo_texts)
+            # views of each demo's frames: demos the bank holds are never copied
+            bank_state, missing = self.bank_lookup([demo_image[b, k] for b, k in pairs], demo_texts)
 
         # One ViT + Q-Former call over the queries and the demos that must be read.
         base_grad = torch.is_grad_enabled() and not self.base_is_frozen()
         with torch.set_grad_enabled(base_grad):
-            frames = torch.cat([image, demo_frames[missing].to(image.device)], dim=0) if missing else image
+            if missing:
+                rows = torch.tensor([pairs[i][0] for i in missing], device=demo_image.device)
+                slots = torch.tensor([pairs[i][1] for i in missing], device=demo_image.device)
+                frames = torch.cat([image, demo_image[rows, slots].to(image.device)], dim=0)
+            else:
+                frames = image
             visual = self.encode_visual(frames)
         query_visual, missing_visual = visual[:batch], visual[batch:]
 

@@ -27,6 +27,7 @@ from lavis.models.blip2_models.blip2 import Blip2Base
 
 from lavis_mmict import backbones
 from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
+from lavis_mmict.models.feature_cache import DemoFeatureCache, cache_from_config
 from lavis_mmict.models.mhub import MultiModalHub
 from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, llm_generate, llm_loss
 
@@ -161,6 +162,7 @@ class MMICTBlip2(Blip2Base):
         frame_mode="concat",
         train_separator=False,
         num_frames=None,
+        demo_feature_cache: Optional[DemoFeatureCache] = None,
     ):
         super().__init__()
         self.visual_encoder = visual_encoder
@@ -177,6 +179,14 @@ class MMICTBlip2(Blip2Base):
         self.prompt = prompt
         self.max_txt_len = max_txt_len
         self.freeze_vit = freeze_vit
+        # Frozen ViT outputs of demo clips, reused across steps (models/feature_cache.py).
+        self.demo_feature_cache = demo_feature_cache or DemoFeatureCache("none")
+        if self.demo_feature_cache.enabled and not freeze_vit:
+            raise ValueError("model.demo_feature_cache needs a frozen vision encoder (freeze_vit: true): "
+                             "a trained ViT's features change every step")
+        # New ViT weights (checkpoint loading) must not meet features of the old ones.
+        visual_encoder.register_load_state_dict_post_hook(
+            lambda module, incompatible: self.demo_feature_cache.forget_encoder())
 
         self.llm_proj = nn.Linear(
             mhub.Qformer.config.hidden_size, llm_model.get_input_embeddings().embedding_dim
@@ -240,6 +250,7 @@ class MMICTBlip2(Blip2Base):
             frame_mode=frame_mode,
             train_separator=cfg.get("train_separator", False),
             num_frames=cfg.get("num_frames", None),
+            demo_feature_cache=cache_from_config(cfg),
         )
         if cfg.get("pretrained", None):
             model.load_lavis_checkpoint(cfg.pretrained, config_key="pretrained")
@@ -276,16 +287,45 @@ class MMICTBlip2(Blip2Base):
         return load_trainable_state_dict(self, checkpoint["model"], source=path)
 
     # ---------------------------------------------------------------- encoders
-    def encode_frames(self, frames):
+    def encode_frames(self, frames, cache_keys=None):
         """frames (M, F, 3, H, W) -> per-frame visual tokens (M, F, P, Dv), after ``ln_vision``.
 
-        The only place the ViT runs: a cache of frozen demo features can take its place.
+        cache_keys: None, or M strings: a clip with a non-empty key reads its frozen ViT output from
+        the demo feature cache (its ``frames`` are then not used) or, on a miss, stores it there.
         """
+        return self.ln_vision(self.vit_features(frames, cache_keys))
+
+    def run_vit(self, frames):
+        """The frozen ViT on M clips in one call: (M, F, 3, H, W) -> (M, F, P, Dv), before ln_vision."""
         num_items, num_frames = frames.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_vit):
             features = self.visual_encoder(frames.flatten(0, 1))
-        features = self.ln_vision(features)
         return features.reshape(num_items, num_frames, *features.shape[1:])
+
+    def vit_features(self, frames, cache_keys=None):
+        """Frozen ViT outputs of M clips: cached ones read, all others computed in one ViT call."""
+        cache = self.demo_feature_cache
+        if not cache.enabled or not cache_keys or not any(cache_keys):
+            return self.run_vit(frames)
+        fingerprint = cache.encoder_fingerprint(
+            self.visual_encoder, getattr(self.visual_encoder.patch_embed, "img_size", None), frames.device)
+        cached = cache.lookup(fingerprint, cache_keys)
+        missing = [i for i, features in enumerate(cached) if features is None]
+        found = [i for i, features in enumerate(cached) if features is not None]
+        parts = []
+        if missing:
+            computed = self.run_vit(frames[missing] if len(missing) < len(cached) else frames)
+            cache.store(fingerprint, [cache_keys[i] for i in missing], computed)
+            parts.append(computed)
+        if found:
+            dtype = parts[0].dtype if parts else cached[found[0]].dtype
+            parts.append(torch.stack([cached[i] for i in found]).to(frames.device, dtype, non_blocking=True))
+        if not missing or not found:
+            return parts[0]
+        # Back to the callers' order: position i of the result is clip i.
+        order = torch.empty(len(cached), dtype=torch.long)
+        order[torch.tensor(missing + found)] = torch.arange(len(cached))
+        return torch.cat(parts)[order.to(frames.device)]
 
     def tokenize_for_qformer(self, texts):
         tokens = self.qformer_tokenizer(
@@ -353,7 +393,14 @@ class MMICTBlip2(Blip2Base):
             demo_image = samples["demo_image"]
             if demo_image.dim() == 5:
                 demo_image = demo_image.unsqueeze(2)
-            frames = self.encode_frames(torch.cat([image, demo_image.to(image.device)[sample_index, demo_index]]))
+            # Demo clips carry cache keys from the dataset ("" = not cacheable); queries never do
+            # (training queries are augmented).
+            keys = samples.get("demo_media_key")
+            cache_keys = None
+            if keys is not None and self.demo_feature_cache.enabled:
+                cache_keys = [""] * batch + [keys[b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
+            frames = self.encode_frames(torch.cat([image, demo_image.to(image.device)[sample_index, demo_index]]),
+                                        cache_keys)
             # vanilla ICT demos go through the Q-Former without text (plain BLIP-2 visual tokens).
             visible = torch.ones(frames.shape[0], dtype=torch.bool, device=self.device)
             visible[batch:] = self.demo_format == "mmict"

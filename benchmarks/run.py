@@ -1,0 +1,99 @@
+"""``python -m benchmarks``: print the five benchmark tables (markdown) and save them.
+
+    python -m benchmarks                          # what `make bench` runs: CPU, small size (+ table 1 tiny)
+    python -m benchmarks --size real --device cuda --tables 1,2,3,4,5   # real shapes on a GPU
+    python -m benchmarks --size tiny --rounds 1   # a quick look
+
+Each table's variants run interleaved on one model in this process; figures are medians over
+``--rounds`` rounds (after one warm-up call each), ratios medians of per-round ratios.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+
+TARGETS = {  # table 1 speed-up at B=16, K=4, per size
+    "tiny": 5.0, "small": 2.0, "real": 5.0,
+}
+
+
+def machine(device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    if torch.device(device).type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small", choices=["tiny", "small", "real"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tables", default="1,2,3,4,5", help="comma-separated table numbers")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median)")
+    parser.add_argument("--table1-tiny", action="store_true",
+                        help="also run table 1 at the tiny size (what `make bench` does)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared machine, OpenMP threads waiting for a "
+                             "core another process holds make per-call times swing 10-100x)")
+    parser.add_argument("--out", default=os.path.join("output", "bench"),
+                        help="folder of the saved markdown (relative to the current directory)")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+
+    if torch.device(args.device).type == "cpu":
+        torch.set_num_threads(args.threads)
+    from benchmarks import tables
+
+    wanted = {int(t) for t in args.tables.split(",") if t.strip()}
+    started = time.perf_counter()
+    header = (f"Machine: {machine(args.device)}\n"
+              f"Command: python -m benchmarks {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+    print(header, flush=True)
+    outputs = []
+
+    def emit(table):
+        text = table.markdown()
+        print(text, flush=True)
+        outputs.append(text)
+
+    runs = []
+    if 1 in wanted:
+        if args.table1_tiny and args.size != "tiny":
+            runs.append(lambda: tables.training_speedup("tiny", args.device, args.rounds, target=TARGETS["tiny"]))
+        runs.append(lambda: tables.training_speedup(args.size, args.device, args.rounds, target=TARGETS[args.size]))
+    if 2 in wanted:
+        runs.append(lambda: tables.demo_cost(args.size, args.device, args.rounds))
+    if 3 in wanted:
+        runs.append(lambda: tables.aim_inference(args.size, args.device, args.rounds))
+    if 4 in wanted:
+        runs.append(lambda: tables.aim_bank(args.size, args.device, args.rounds))
+    if 5 in wanted:
+        runs.append(lambda: tables.batched_generation(args.size, args.device, args.rounds))
+    for run in runs:
+        table_started = time.perf_counter()
+        table = run()
+        table.notes.append(f"measured in {time.perf_counter() - table_started:.0f} s")
+        emit(table)
+    footer = f"Total time: {time.perf_counter() - started:.0f} s\n"
+    print(footer)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"bench_{args.size}_{torch.device(args.device).type}.md")
+    with open(path, "w") as file:
+        file.write(header + "\n" + "\n".join(outputs) + "\n" + footer)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
