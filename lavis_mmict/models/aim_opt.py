@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from lavis_mmict import backbones
 from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
 from lavis_mmict.models.demo_bank import DemoBank, demo_content_key, module_fingerprint
-from lavis_mmict.models.sequence import IGNORE_INDEX, NO_TOKEN, Segment, demo_segment, pack_segments
+from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, llm_generate, llm_loss
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
 
@@ -474,14 +474,9 @@ class AIMOpt(Blip2Base):
     def forward(self, samples):
         """Returns {"loss"}: cross-entropy averaged over the batch's target tokens only."""
         with self.maybe_autocast():
-            segments = self.prefix_segments(samples)
-            segments.append(self.target_segment(samples["text_output"]))
-            packed = pack_segments(segments, padding_side="right")
-            outputs = self.opt_model(
-                inputs_embeds=packed.embeds, attention_mask=packed.attention_mask,
-                labels=packed.labels, return_dict=True,
-            )
-        return {"loss": outputs.loss}
+            loss, _ = llm_loss(self.opt_model, self.prefix_segments(samples),
+                               self.target_segment(samples["text_output"]), encoder_decoder=False)
+        return {"loss": loss}
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
@@ -501,29 +496,15 @@ class AIMOpt(Blip2Base):
     ):
         """Batched generation with each sample's demonstrations; returns B * num_captions strings."""
         with self.maybe_autocast():
-            packed = pack_segments(self.prefix_segments(samples, prompt), padding_side="left")
-            # LAVIS's OPT generates from `query_embeds` followed by `input_ids`: every sample's last
-            # position is a prompt token (left padding), so it becomes the single input id.
-            last_ids = packed.token_ids[:, -1:]
-            assert bool((last_ids != NO_TOKEN).all()), "the prompt must end every LLM prefix"
-            expand = num_captions if use_nucleus_sampling else max(num_beams, 1)
-            outputs = self.opt_model.generate(
-                input_ids=last_ids,
-                query_embeds=packed.embeds[:, :-1].repeat_interleave(expand, dim=0),
-                attention_mask=packed.attention_mask,
-                do_sample=use_nucleus_sampling,
-                top_p=top_p,
-                temperature=temperature,
-                num_beams=1 if use_nucleus_sampling else num_beams,
-                max_length=max_length + 1,
-                min_length=min_length + 1,
-                eos_token_id=self.answer_end_id,
+            generated = llm_generate(
+                self.opt_model, self.prefix_segments(samples, prompt), encoder_decoder=False,
+                max_new_tokens=max_length, min_new_tokens=min_length, num_beams=num_beams,
+                use_nucleus_sampling=use_nucleus_sampling, num_return_sequences=num_captions,
+                top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
+                length_penalty=length_penalty, eos_token_id=self.answer_end_id,
                 pad_token_id=self.opt_tokenizer.pad_token_id,
-                repetition_penalty=repetition_penalty,
-                length_penalty=length_penalty,
-                num_return_sequences=num_captions,
             )
-        texts = self.opt_tokenizer.batch_decode(outputs[:, 1:], skip_special_tokens=True)
+        texts = self.opt_tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [text.strip() for text in texts]
 
     def predict_answers(
