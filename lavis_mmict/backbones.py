@@ -37,7 +37,7 @@ import torch.nn as nn
 from lavis.models.blip2_models.blip2 import LayerNorm, disabled_train
 from lavis.models.blip2_models.Qformer import BertConfig, BertLMHeadModel
 from lavis.models.eva_vit import VisionTransformer, convert_weights_to_fp16, interpolate_pos_embed
-from transformers import AutoConfig, AutoTokenizer, BertTokenizer, T5TokenizerFast
+from transformers import AutoConfig, AutoTokenizer, BertTokenizerFast, T5TokenizerFast
 from transformers.utils import hub as hf_hub
 
 PACKAGE_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -283,7 +283,8 @@ def build_qformer(cfg, vision_width):
     qformer.cls = None  # the LM head is for BLIP-2's captioning loss; M-Hub does not use it
     query_tokens = nn.Parameter(torch.zeros(1, num_query_token, bert_config.hidden_size))
     query_tokens.data.normal_(mean=0.0, std=bert_config.initializer_range)
-    tokenizer = BertTokenizer.from_pretrained(name, **hub_kwargs)
+    # the fast (Rust) tokenizer: same ids as BertTokenizer, and the Q-Former tokenizes every demo text each step
+    tokenizer = BertTokenizerFast.from_pretrained(name, **hub_kwargs)
     return qformer, query_tokens, tokenizer
 
 

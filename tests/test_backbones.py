@@ -27,6 +27,19 @@ def test_tiny_parts_build_offline_with_expected_shapes():
     assert len(llm_tokenizer.tokenize(SEPARATOR_TOKEN)) == 1
 
 
+def test_qformer_fast_tokenizer_gives_bert_tokenizer_ids():
+    """The Q-Former uses BertTokenizerFast for speed; LAVIS's BLIP-2 was trained with BertTokenizer."""
+    from transformers import BertTokenizer
+
+    cfg = tiny_config()
+    _, _, fast = backbones.build_qformer(cfg, 48)
+    assert fast.is_fast
+    slow = BertTokenizer.from_pretrained(backbones.resolve_asset_path(cfg.qformer_model))
+    texts = ["Question: what colour is the shape? Short answer: red", "a man, riding a horse!", "don't", ""]
+    for kwargs in ({}, {"padding": "longest", "truncation": True, "max_length": 8}):
+        assert fast(texts, **kwargs).input_ids == slow(texts, **kwargs).input_ids
+
+
 def test_synthetic_words_are_single_tokens_for_both_tokenizers():
     cfg = tiny_config()
     _, _, bert_tokenizer = backbones.build_qformer(cfg, 48)
