@@ -194,12 +194,14 @@ def report_user_error(error, script="train.py"):
 
 def run_main(script, work):
     """Run ``work()`` (build a runner, train or evaluate), turning user errors into one line."""
+    finished = False
     try:
         work()
+        finished = True
     except USER_ERRORS as error:
         report_user_error(error, script)
     finally:
-        destroy_distributed()
+        destroy_distributed(finished)
 
 
 @record  # under torchrun: the failing rank's exception appears in torchrun's summary

@@ -116,7 +116,15 @@ def shared_job_id(run_cfg=None):
     return holder[0]
 
 
-def destroy_distributed():
-    """Tear down the default process group if one exists."""
+def destroy_distributed(finished=False):
+    """Tear down the default process group if one exists.
+
+    ``finished``: every rank got here without an error, so they meet at a barrier first; otherwise
+    a fast rank could close its gloo sockets while a slower one still reads the last collective's
+    data (seen once under heavy load as a SIGABRT at exit). After an error no barrier: the other
+    ranks may never come.
+    """
     if dist.is_initialized():
+        if finished and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
