@@ -21,7 +21,6 @@ the model is built once and the checkpoint loaded once; for each K every dataset
 directory gets ``results.json``, ``results.md`` (K table) and ``results.png`` (metric vs K, one
 line per format); ``--metric`` picks the reported metric (default ``agg_metrics``).
 """
-import argparse
 import json
 import logging
 import os
@@ -37,18 +36,11 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from lavis_mmict.dist import init_distributed, shared_job_id
 from lavis_mmict.reports import write_sweep_report
 from lavis_mmict.tasks.evaluation import format_metrics_table
-from train import DEFAULT_RUNNER, build_runner, import_extra_modules, run_main, setup_seeds
+from train import DEFAULT_RUNNER, argument_parser, build_runner, import_extra_modules, run_main, setup_seeds
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description="Evaluation")
-    parser.add_argument("--cfg-path", required=True, help="path to configuration file.")
-    parser.add_argument(
-        "--options",
-        nargs="+",
-        help="override settings of the config file, as key=value pairs "
-        "(e.g. run.eval_ckpt_path=output/x/checkpoint_best.pth).",
-    )
+    parser = argument_parser("Evaluation", "run.eval_ckpt_path=output/x/checkpoint_best.pth")
     parser.add_argument(
         "--shots", nargs="+", type=int, metavar="K",
         help="shot sweep: evaluate with K demonstrations per query for each K given (e.g. 0 1 2 4 8)",

@@ -62,16 +62,20 @@ def import_extra_modules():
         importlib.import_module(name)
 
 
-def parse_args(description="Training"):
+def argument_parser(description, options_example):
+    """LAVIS's command line: ``--cfg-path`` and ``--options k=v ...`` (evaluate.py adds its own)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cfg-path", required=True, help="path to configuration file.")
     parser.add_argument(
         "--options",
         nargs="+",
-        help="override settings of the config file, as key=value pairs "
-        "(e.g. run.max_epoch=1 model.model_type=tiny).",
+        help=f"override settings of the config file, as key=value pairs (e.g. {options_example}).",
     )
-    return parser.parse_args()
+    return parser
+
+
+def parse_args():
+    return argument_parser("Training", "run.max_epoch=1 model.model_type=tiny").parse_args()
 
 
 def _dot_list(options):
@@ -206,7 +210,7 @@ def run_main(script, work):
 
 @record  # under torchrun: the failing rank's exception appears in torchrun's summary
 def main():
-    args = parse_args("Training")
+    args = parse_args()
     run_main("train.py", lambda: build_runner(args).train())
 
 
