@@ -84,8 +84,13 @@ def _identity(record: dict) -> str:
 
 def load_annotations(ann_paths: Sequence[str], fields: Sequence[str]) -> List[dict]:
     """Records of the files; each must have ``fields`` (ValueError naming file, record, field)."""
+    return _records_with_fields(read_annotation_files(ann_paths), fields)
+
+
+def _records_with_fields(located, fields: Sequence[str]) -> List[dict]:
+    """The records of ``located`` (file, index, record) triples, each checked to carry ``fields``."""
     records = []
-    for ann_path, index, record in read_annotation_files(ann_paths):
+    for ann_path, index, record in located:
         missing = [field for field in fields if field not in record]
         if missing:
             raise _missing_field_error(ann_path, index, record, missing)
@@ -101,13 +106,7 @@ def load_qa_records(ann_paths: Sequence[str], data_type: str, is_train: bool) ->
     if unlabelled:
         logging.warning("%s hold no `answer`: an unlabelled split, its answers are not scored.",
                         list(ann_paths))
-    records = []
-    for ann_path, index, record in located:
-        missing = [field for field in fields if field not in record]
-        if missing:
-            raise _missing_field_error(ann_path, index, record, missing)
-        records.append(record)
-    return records
+    return _records_with_fields(located, fields)
 
 
 def load_caption_records(ann_paths: Sequence[str], data_type: str, is_train: bool) -> List[dict]:
