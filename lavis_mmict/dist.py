@@ -15,6 +15,7 @@ Run config keys written (as LAVIS does): ``distributed``, ``rank``, ``world_size
 ``dist_backend`` and, on the CPU fallback, ``device``.
 """
 import datetime
+import gc
 import logging
 import os
 
@@ -119,12 +120,25 @@ def shared_job_id(run_cfg=None):
 def destroy_distributed(finished=False):
     """Tear down the default process group if one exists.
 
-    ``finished``: every rank got here without an error, so they meet at a barrier first; otherwise
-    a fast rank could close its gloo sockets while a slower one still reads the last collective's
-    data (seen once under heavy load as a SIGABRT at exit). After an error no barrier: the other
-    ranks may never come.
+    ``finished``: every rank got here without an error. The ranks then meet at a barrier, and the
+    backend is destroyed (its worker threads joined) while the interpreter is still alive. Gloo's
+    worker threads release finished collectives (with the Python-owned tensors of
+    ``all_gather_object`` and friends) after the caller has already woken up; one doing so after
+    interpreter shutdown began needs the GIL, cannot get it, and aborts the process ("terminate
+    called without an active exception", seen under heavy load). After an error: no barrier and no
+    join, since the other ranks may never come and a collective may never finish.
     """
-    if dist.is_initialized():
-        if finished and dist.get_world_size() > 1:
-            dist.barrier()
+    if not dist.is_initialized():
+        return
+    if not finished:
         dist.destroy_process_group()
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    backend = dist.group.WORLD._get_backend(device)
+    dist.destroy_process_group()
+    gc.collect()  # frees the runner and its DDP wrapper (reference cycles), which hold the group
+    # ``backend`` now holds the last reference: dropping it runs the destructor with the GIL
+    # released (torch binds it so), which joins the worker threads; they may take the GIL to finish.
+    del backend

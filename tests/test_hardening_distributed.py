@@ -70,3 +70,65 @@ def test_surviving_rank_exits_on_its_own_without_torchrun(tmp_path):
     assert procs[1].returncode != 0 and "toy failure on rank 1" in outputs[1]
     assert procs[0].returncode != 0
     assert "Connection closed by peer" in outputs[0]  # gloo tells the survivor what happened
+
+
+RANK_SCRIPT = '''
+import os
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from lavis_mmict.dist import init_distributed
+from train import run_main
+
+def gloo_threads():
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sum(name.startswith("pt_gloo") for name in names)
+
+def report(line):  # one write per line: the two ranks share torchrun's stdout
+    os.write(1, (line + "\\n").encode())
+
+class Runner:  # a reference cycle holding a DDP model, as LAVIS's runner is
+    def __init__(self):
+        self.me = self
+        self.model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))
+
+def work():
+    runner = Runner()
+    runner.model(torch.ones(2, 3)).sum().backward()
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, {"rank": dist.get_rank()})  # Python-owned tensors inside
+    report(f"gloo threads during the run: {gloo_threads()}")
+
+init_distributed(OmegaConf.create({"device": "cpu"}))
+run_main("rank_script", work)
+report(f"gloo threads after run_main: {gloo_threads()}")
+'''
+
+
+def test_successful_run_joins_the_gloo_threads_before_interpreter_exit(tmp_path):
+    """Gloo's worker threads free finished collectives after the caller wakes up; one still doing
+    so when the interpreter shuts down aborts the process (SIGABRT, "terminate called without an
+    active exception"). After a successful run, ``run_main`` must have joined them, even while a
+    reference cycle (the runner and its DDP model) still holds the process group."""
+    if not os.path.isdir("/proc/self/task"):
+        import pytest
+        pytest.skip("needs /proc to list threads")
+    script = tmp_path / "rank_script.py"
+    script.write_text(RANK_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script)],
+        env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    during = [line for line in output.splitlines() if line.startswith("gloo threads during")]
+    after = [line for line in output.splitlines() if line.startswith("gloo threads after")]
+    assert len(during) == 2 and all(int(line.split(":")[1]) > 0 for line in during), output[-3000:]
+    assert len(after) == 2 and all(int(line.split(":")[1]) == 0 for line in after), output[-3000:]
