@@ -21,3 +21,11 @@ def fresh_registry_paths():
     yield
     registry.mapping["paths"].clear()
     registry.mapping["paths"].update(saved)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tear down the in-process gloo group (tests that build runners create one) as train.py
+    does, so its worker threads are joined before the interpreter exits."""
+    from lavis_mmict.dist import destroy_distributed
+
+    destroy_distributed(finished=True)
