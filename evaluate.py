@@ -100,7 +100,11 @@ def run_shot_sweep(args):
         loaded = False
         for shots in args.shots:
             for name in cfg.datasets_cfg:
-                OmegaConf.update(cfg.config, f"datasets.{name}.demonstrations.num", int(shots), merge=True)
+                demo_key = f"datasets.{name}.demonstrations"
+                OmegaConf.update(cfg.config, f"{demo_key}.num", int(shots), merge=True)
+                if OmegaConf.select(cfg.config, f"{demo_key}.num_min") is not None:
+                    # training's varying K; evaluation always uses K = num (and num_min <= num)
+                    OmegaConf.update(cfg.config, f"{demo_key}.num_min", None)
             datasets = task.build_datasets(cfg)
             missing = [s for s in test_splits if not any(s in splits for splits in datasets.values())]
             if missing:

@@ -117,7 +117,7 @@ def test_unknown_strategy_lists_valid_strategies():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ValueError, match=r"\['k'\].*'num', 'strategy', 'pool', 'seed', 'template', 'fallback'"):
+    with pytest.raises(ValueError, match=r"\['k'\].*'num', 'num_min', 'strategy', 'pool', 'seed', 'template', 'fallback'"):
         DemonstrationConfig.from_config({"k": 3, "strategy": "random"})
 
 
@@ -143,3 +143,43 @@ def test_random_draws_cover_the_pool_uniformly():
     )
     assert counts[0] == 0
     assert counts[1:].min() > 150  # expected 200 each for 1800 draws over 9 items
+
+
+@pytest.mark.parametrize("strategy", ["random", "same_source"])
+def test_num_min_varies_k_in_training_only_and_keeps_a_subset_of_the_fixed_k_draw(strategy):
+    records = make_records(num_clips=40, per_clip=5)
+    fixed = build_demo_sampler(config(strategy=strategy, num=4), records, records, True)
+    varied = build_demo_sampler(config(strategy=strategy, num=4, num_min=0), records, records, True)
+    counts = []
+    for epoch in (0, 1, 2):
+        for query in range(len(records)):
+            full, fewer = fixed.sample(query, epoch), varied.sample(query, epoch)
+            assert fewer == full[len(full) - len(fewer):]  # the fixed draw's last ones, in order
+            counts.append(len(fewer))
+    assert set(counts) == {0, 1, 2, 3, 4}  # every K in [num_min, num] occurs ...
+    assert abs(np.mean(counts) - 2.0) < 0.2  # ... uniformly
+    # evaluation keeps K = num, the same demos as without num_min
+    assert all(varied.sample(q) == fixed.sample(q) for q in range(len(records)))
+
+
+def test_num_min_keeps_the_most_similar_demos_of_similar():
+    """`similar` puts the most similar last; a shorter training draw keeps those."""
+    from lavis_mmict.datasets.demonstrations import SimilarDemoSampler
+
+    records = make_records(num_clips=20, per_clip=1)
+    features = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    common = dict(query_features=features, pool_features=features,
+                  query_sources=np.arange(20), pool_sources=np.arange(20))
+    fixed = SimilarDemoSampler(config(strategy="similar", num=3), records, records, True, **common)
+    varied = SimilarDemoSampler(config(strategy="similar", num=3, num_min=1), records, records,
+                                True, **common)
+    for query in range(20):
+        full, fewer = fixed.sample(query, 0), varied.sample(query, 0)
+        assert 1 <= len(fewer) <= 3 and fewer == full[len(full) - len(fewer):]
+
+
+@pytest.mark.parametrize("num_min", [-1, 4, 1.5, "2"])
+def test_num_min_outside_zero_to_num_is_a_clear_error(num_min):
+    with pytest.raises(ValueError, match=r"demonstrations.num_min must be an integer in \[0, num = 3\]"):
+        config(num_min=num_min)

@@ -60,6 +60,8 @@ def test_evaluate_shot_sweep_end_to_end(tmp_path):
         "datasets.synthetic_videoqa_icl.build_info.num_clips.train=6",
         "datasets.synthetic_videoqa_icl.build_info.num_clips.val=2",
         "datasets.synthetic_videoqa_icl.build_info.num_clips.test=3",
+        # training's varying K must not leak into the sweep, nor clash with K = 0 < num_min
+        "datasets.synthetic_videoqa_icl.demonstrations.num_min=2",
         f"run.output_dir={output_dir}", "run.batch_size_eval=6", "run.num_workers=0", "run.task=icl_vqa_demo_probe",
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LAVIS_MMICT_EXTRA_IMPORTS="_sweep_probe")

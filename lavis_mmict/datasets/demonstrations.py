@@ -26,6 +26,7 @@ Config block (exactly these keys; only ``num``/``strategy``/``pool``/``seed`` ar
 
     demonstrations:
       num: 3                  # K demos per query (0 disables demos)
+      num_min: 3              # training draws K in [num_min, num] per query and epoch (default: num)
       strategy: same_source   # random | same_source | similar
       pool: self              # train | val | test, or `self`: the query's own split
       seed: 42
@@ -58,6 +59,7 @@ class DemonstrationConfig:
     """Validated ``demonstrations`` config block."""
 
     num: int = 0
+    num_min: Optional[int] = None  # None: always `num`
     strategy: str = "random"
     pool: str = "self"
     seed: int = 42
@@ -96,6 +98,13 @@ class DemonstrationConfig:
             )
         if not isinstance(self.num, int) or self.num < 0:
             raise ValueError(f"demonstrations.num must be an integer >= 0, got {self.num!r}")
+        if self.num_min is not None and (
+            not isinstance(self.num_min, int) or not 0 <= self.num_min <= self.num
+        ):
+            raise ValueError(
+                f"demonstrations.num_min must be an integer in [0, num = {self.num}], "
+                f"got {self.num_min!r}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"demonstrations.seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.template, str):
@@ -155,6 +164,7 @@ class DemoSampler:
     ):
         self.config = config
         self.num = config.num
+        self.num_min = config.num if config.num_min is None else config.num_min
         self.seed = config.seed
         self.name = name
         self.pool_size = len(pool)
@@ -186,7 +196,13 @@ class DemoSampler:
         else:
             entropy = [self.seed, _TRAIN_STREAM, int(epoch), int(query_index)]
         rng = np.random.default_rng(entropy)
-        return self._draw(rng, int(query_index)).tolist()
+        picks = self._draw(rng, int(query_index))
+        if epoch is not None and self.num_min < self.num:
+            # Drawn after the K demos, so the kept ones are the fixed-K draw's last `keep` (for
+            # `similar` the most similar): training sees fewer demos, never different ones.
+            keep = min(int(rng.integers(self.num_min, self.num + 1)), len(picks))
+            picks = picks[len(picks) - keep:]
+        return picks.tolist()
 
     def _draw(self, rng: np.random.Generator, query_index: int) -> np.ndarray:
         raise NotImplementedError
