@@ -136,7 +136,11 @@ def destroy_distributed(finished=False):
     if dist.get_world_size() > 1:
         dist.barrier()
     device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
-    backend = dist.group.WORLD._get_backend(device)
+    try:
+        backend = dist.group.WORLD._get_backend(device)  # private API: a success must not fail here
+    except (AttributeError, RuntimeError) as error:
+        logging.debug("not joining the process group's threads: %s", error)
+        backend = None
     dist.destroy_process_group()
     gc.collect()  # frees the runner and its DDP wrapper (reference cycles), which hold the group
     # ``backend`` now holds the last reference: dropping it runs the destructor with the GIL
