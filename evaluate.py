@@ -26,17 +26,14 @@ import logging
 import os
 
 from lavis import tasks
-from lavis.common.config import Config
 from lavis.common.dist_utils import is_main_process
-from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from omegaconf import OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from lavis_mmict.dist import init_distributed, shared_job_id
 from lavis_mmict.reports import write_sweep_report
 from lavis_mmict.tasks.evaluation import format_metrics_table
-from train import DEFAULT_RUNNER, argument_parser, build_runner, import_extra_modules, run_main, setup_seeds
+from train import DEFAULT_RUNNER, argument_parser, build_runner, run_main, setup_run, setup_seeds
 
 
 def parse_args():
@@ -77,13 +74,7 @@ def _append_log(output_dir, record):
 
 def run_shot_sweep(args):
     """Evaluate ``run.test_splits`` for every (demo format, K); write the sweep report (rank 0)."""
-    import_extra_modules()
-    cfg = Config(args)
-    init_distributed(cfg.run_cfg)
-    job_id = shared_job_id(cfg.run_cfg)
-    setup_seeds(cfg)
-    setup_logger()
-    cfg.pretty_print()
+    cfg, job_id = setup_run(args)
 
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", DEFAULT_RUNNER))
     checkpoint = cfg.run_cfg.get("eval_ckpt_path", None)

@@ -166,8 +166,9 @@ def setup_seeds(cfg):
     cudnn.deterministic = True
 
 
-def build_runner(args):
-    """Everything before ``runner.train()``/``runner.evaluate()``: returns the runner."""
+def setup_run(args):
+    """The set-up train.py and evaluate.py share: plugins, config name checks, distributed, seeds,
+    logging. Returns the LAVIS ``Config`` and the job id (the same on every rank)."""
     import_extra_modules()
     check_config_names(args.cfg_path, args.options)
     cfg = Config(args)
@@ -176,6 +177,12 @@ def build_runner(args):
     setup_seeds(cfg)
     setup_logger()
     cfg.pretty_print()
+    return cfg, job_id
+
+
+def build_runner(args):
+    """Everything before ``runner.train()``/``runner.evaluate()``: returns the runner."""
+    cfg, job_id = setup_run(args)
 
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
