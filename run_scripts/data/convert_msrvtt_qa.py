@@ -14,31 +14,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import question_type, read_json, write_json_atomic  # noqa: E402
+from _common import convert_xu_qa_splits  # noqa: E402
 
 
 def convert(input_dir, output_dir, video_ext=".mp4"):
-    written = {}
-    for split in ("train", "val", "test"):
-        source = os.path.join(input_dir, f"{split}_qa.json")
-        records = []
-        for index, record in enumerate(read_json(source)):
-            missing = [k for k in ("answer", "id", "question", "video_id") if k not in record]
-            if missing:
-                raise ValueError(f"{source}: record {index} is missing {missing}")
-            converted = {
-                "video": f"video{int(record['video_id'])}{video_ext}",
-                "question": record["question"],
-                "answer": record["answer"],
-                "question_id": record["id"],
-                "question_type": question_type(record["question"]),
-            }
-            if "category_id" in record:
-                converted["category_id"] = record["category_id"]
-            records.append(converted)
-        written[split] = os.path.join(output_dir, f"qa_{split}.json")
-        write_json_atomic(written[split], records)
-    return written
+    return convert_xu_qa_splits(
+        input_dir, output_dir,
+        video_of=lambda record, source, index: f"video{int(record['video_id'])}{video_ext}",
+        extra_fields=("category_id",),
+    )
 
 
 def main():

@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import question_type, read_json, write_json_atomic  # noqa: E402
+from _common import convert_xu_qa_splits  # noqa: E402
 
 
 def read_mapping(path):
@@ -33,26 +33,13 @@ def read_mapping(path):
 
 def convert(input_dir, output_dir, video_ext=".avi"):
     mapping = read_mapping(os.path.join(input_dir, "youtube_mapping.txt"))
-    written = {}
-    for split in ("train", "val", "test"):
-        source = os.path.join(input_dir, f"{split}_qa.json")
-        records = []
-        for index, record in enumerate(read_json(source)):
-            missing = [k for k in ("answer", "id", "question", "video_id") if k not in record]
-            if missing:
-                raise ValueError(f"{source}: record {index} is missing {missing}")
-            if record["video_id"] not in mapping:
-                raise ValueError(f"{source}: record {index}: video_id {record['video_id']} not in youtube_mapping.txt")
-            records.append({
-                "video": mapping[record["video_id"]] + video_ext,
-                "question": record["question"],
-                "answer": record["answer"],
-                "question_id": record["id"],
-                "question_type": question_type(record["question"]),
-            })
-        written[split] = os.path.join(output_dir, f"qa_{split}.json")
-        write_json_atomic(written[split], records)
-    return written
+
+    def video_of(record, source, index):
+        if record["video_id"] not in mapping:
+            raise ValueError(f"{source}: record {index}: video_id {record['video_id']} not in youtube_mapping.txt")
+        return mapping[record["video_id"]] + video_ext
+
+    return convert_xu_qa_splits(input_dir, output_dir, video_of)
 
 
 def main():
