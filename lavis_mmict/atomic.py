@@ -1,0 +1,65 @@
+"""Atomic file writes: the one way this package puts a file in place.
+
+A writer fills a temporary file beside the target, which is then renamed onto it (``os.replace``),
+so a reader (another rank, a later run) sees either the old complete file or the new complete one,
+never half of one, and ranks writing the same file at once leave one complete copy. A process killed
+mid-write leaves at most a hidden ``.<name>.<pid>-<token>.tmp`` file, which :data:`TEMP_PATTERN`
+matches for clean-up.
+"""
+import contextlib
+import json
+import os
+import uuid
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_pattern(name_glob="*"):
+    """A glob for the temporary files left by writes of files named ``name_glob``."""
+    return f".{name_glob}.*{TEMP_SUFFIX}*"
+
+
+def _fsync(path, flags=os.O_RDONLY):
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not supported by every file system
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path, keep_extension=False, durable=False):
+    """Yield a temporary path beside ``path``; when the block ends without error, move it onto
+    ``path``; on error, remove it.
+
+    keep_extension: end the temporary name with ``path``'s extension (writers that pick the format
+    from it: OpenCV's video writer, ``np.savez``). durable: fsync the file and its folder, so the
+    new file survives a power loss (checkpoints).
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    extension = os.path.splitext(name)[1] if keep_extension else ""
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}{extension}")
+    try:
+        yield temporary
+        if durable:
+            _fsync(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    if durable:
+        _fsync(directory)  # make the rename itself durable
+
+
+def write_json_atomic(path, content, **dump_kwargs):
+    """``json.dump(content)`` to ``path``, atomically."""
+    with atomic_output(path) as temporary:
+        with open(temporary, "w") as file:
+            json.dump(content, file, **dump_kwargs)
