@@ -42,14 +42,11 @@ from lavis.common.registry import registry
 from lavis_mmict.backbones import MissingWeightsError
 from lavis_mmict.checkpoints import CheckpointError
 from lavis_mmict.datasets.media import MediaError
+from lavis_mmict.errors import ConfigError
 from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
 
 EXTRA_IMPORTS_ENV = "LAVIS_MMICT_EXTRA_IMPORTS"
 DEFAULT_RUNNER = "icl_runner_base"
-
-
-class ConfigError(ValueError):
-    """The experiment config names something that does not exist (message says what and where)."""
 
 
 #: errors caused by the user's files or settings: reported as one line, without a traceback
