@@ -3,12 +3,14 @@
 A writer fills a temporary file beside the target, which is then renamed onto it (``os.replace``),
 so a reader (another rank, a later run) sees either the old complete file or the new complete one,
 never half of one, and ranks writing the same file at once leave one complete copy. A process killed
-mid-write leaves at most a hidden ``.<name>.<pid>-<token>.tmp`` file, which :data:`TEMP_PATTERN`
-matches for clean-up.
+mid-write leaves at most a hidden ``.<name>.<pid>-<token>.tmp`` file, which :func:`temp_pattern`
+matches for clean-up. The temporary may also be filled as a folder (a clip's frames), which then
+replaces a missing or empty folder ``path``.
 """
 import contextlib
 import json
 import os
+import shutil
 import uuid
 
 TEMP_SUFFIX = ".tmp"
@@ -19,23 +21,28 @@ def temp_pattern(name_glob="*"):
     return f".{name_glob}.*{TEMP_SUFFIX}*"
 
 
-def _fsync(path, flags=os.O_RDONLY):
+def _fsync(path, strict=False):
+    """fsync a file or a folder; strict: raise when that fails (the data may not be on disk),
+    otherwise ignore it (a folder's fsync is not supported by every file system)."""
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
+        if strict:
+            raise
         return
     try:
         os.fsync(fd)
     except OSError:
-        pass  # not supported by every file system
+        if strict:
+            raise
     finally:
         os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_output(path, keep_extension=False, durable=False):
-    """Yield a temporary path beside ``path``; when the block ends without error, move it onto
-    ``path``; on error, remove it.
+    """Yield a temporary path beside ``path`` (the block creates a file or a folder there); when the
+    block ends without error, move it onto ``path``; on error, remove it.
 
     keep_extension: end the temporary name with ``path``'s extension (writers that pick the format
     from it: OpenCV's video writer, ``np.savez``). durable: fsync the file and its folder, so the
@@ -49,10 +56,12 @@ def atomic_output(path, keep_extension=False, durable=False):
     try:
         yield temporary
         if durable:
-            _fsync(temporary)
+            _fsync(temporary, strict=True)
         os.replace(temporary, path)
     finally:
-        if os.path.exists(temporary):
+        if os.path.isdir(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif os.path.exists(temporary):
             os.remove(temporary)
     if durable:
         _fsync(directory)  # make the rename itself durable

@@ -9,6 +9,8 @@ import torch
 from lavis.common.dist_utils import download_cached_file
 from lavis.common.utils import is_url
 
+from lavis_mmict.atomic import atomic_output, temp_pattern
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read safely or does not fit the model."""
@@ -93,48 +95,23 @@ def read_checkpoint(url_or_filename, map_location="cpu"):
     return checkpoint
 
 
-TEMP_SUFFIX = ".tmp"
-
-
 def atomic_torch_save(obj, path):
-    """``torch.save`` to a temp file in the same folder, then ``os.replace``: never a partial file.
+    """``torch.save`` through :func:`lavis_mmict.atomic.atomic_output`, durable (fsync of the file and
+    its folder): ``path`` is either the previous complete file or the new complete one, also after
+    a power loss.
 
-    A process killed while saving leaves at most a hidden ``.<name>.<pid>.tmp`` file (never matched
-    by :func:`find_latest_checkpoint`, removed by :func:`remove_stale_temp_files`); ``path`` is
-    either the previous complete file or the new complete one.
+    A process killed while saving leaves at most a hidden ``.<name>.<pid>-<token>.tmp`` file (never
+    matched by :func:`find_latest_checkpoint`, removed by :func:`remove_stale_temp_files`).
     """
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp_path = os.path.join(directory, f".{name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        with open(tmp_path, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-    _fsync_directory(directory)  # make the rename itself survive a power loss
-
-
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not supported by every file system
-    finally:
-        os.close(fd)
+    with atomic_output(path, durable=True) as temporary:
+        with open(temporary, "wb") as file:
+            torch.save(obj, file)
 
 
 def remove_stale_temp_files(directory):
-    """Remove ``.checkpoint_*.tmp`` files left in ``directory`` by a process killed while saving."""
-    for path in glob.glob(os.path.join(os.fspath(directory), f".checkpoint_*{TEMP_SUFFIX}")):
+    """Remove the temporaries of ``checkpoint_*`` files left in ``directory`` by a process killed
+    while saving."""
+    for path in glob.glob(os.path.join(os.fspath(directory), temp_pattern("checkpoint_*"))):
         try:
             os.unlink(path)
         except FileNotFoundError:

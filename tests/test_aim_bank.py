@@ -123,18 +123,18 @@ def test_in_memory_entries_are_dropped_when_the_weights_change():
 def test_entries_with_foreign_metadata_or_garbage_are_ignored(tmp_path):
     bank = DemoBank(disk_dir=str(tmp_path))
     key, fingerprint = "ab" * 32, "f" * 64
-    path = bank.entry_path(key, fingerprint)
+    path = bank.entry_path(fingerprint, key)
     import os
 
     os.makedirs(os.path.dirname(path))
     save_file({"features": torch.ones(2, 4)}, path, metadata={"format": BANK_FORMAT, "fingerprint": "0" * 64, "key": key})
-    assert bank.lookup([key], fingerprint) == [None] and bank.stale == 1
+    assert bank.lookup(fingerprint, [key]) == [None] and bank.stale == 1
     with open(path, "wb") as f:
         f.write(b"not a safetensors file")
-    assert bank.lookup([key], fingerprint) == [None] and bank.stale == 2
-    bank.store(key, fingerprint, torch.arange(6.0).reshape(3, 2))
+    assert bank.lookup(fingerprint, [key]) == [None] and bank.stale == 2
+    bank.store(fingerprint, [key], [torch.arange(6.0).reshape(3, 2)])
     fresh = DemoBank(disk_dir=str(tmp_path))
-    assert torch.equal(fresh.lookup([key], fingerprint)[0], torch.arange(6.0).reshape(3, 2))
+    assert torch.equal(fresh.lookup(fingerprint, [key])[0], torch.arange(6.0).reshape(3, 2))
 
 
 def test_content_key_and_memory_limit():
@@ -145,5 +145,5 @@ def test_content_key_and_memory_limit():
     assert key != demo_content_key(pixels + 1e-3, "a cat")
     bank = DemoBank(max_items=2)
     for i in range(3):
-        bank.store(str(i), "fp", torch.zeros(1, 1))
-    assert bank.lookup(["0", "1", "2"], "fp")[0] is None and bank.stats()["entries"] == 2
+        bank.store("fp", [str(i)], [torch.zeros(1, 1)])
+    assert bank.lookup("fp", ["0", "1", "2"])[0] is None and bank.stats()["entries"] == 2

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lavis_mmict.atomic import atomic_output
 from lavis_mmict.datasets.media import MediaError
 
 FEATURE_VERSION = 1
@@ -198,12 +199,6 @@ def _encode_sources(keys, first_record, load_frames, config: EncoderConfig, name
 
 
 def _save_atomic(path: str, features: np.ndarray, valid: np.ndarray):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path[:-len('.npz')]}.tmp-{os.getpid()}.npz"
-    try:
+    with atomic_output(path, keep_extension=True) as temporary:  # np.savez appends .npz otherwise
         np.savez(temporary, features=features, valid=valid)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 

@@ -13,8 +13,8 @@ Layout written under ``root``::
     annotations/{train,val,test}.json  # [{"video", "question", "answer", "question_id", "question_type"}]
     manifest.json                      # generation parameters + version: same -> no-op
 
-Files are written under a temporary name and moved into place (``os.replace``), so a concurrent
-reader never sees half a file; the manifest is written last.
+Files are written atomically (lavis_mmict.atomic), so a concurrent reader never sees half a file;
+the manifest is written last.
 """
 import json
 import os
@@ -22,6 +22,8 @@ from typing import Dict, Optional
 
 import cv2
 import numpy as np
+
+from lavis_mmict.atomic import atomic_output, write_json_atomic
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -118,11 +120,11 @@ def generate_synthetic_videoqa(
                 })
                 question_id += 1
             clip_index += 1
-        _write_json_atomic(os.path.join(annotation_dir, f"{split}.json"), records)
+        write_json_atomic(os.path.join(annotation_dir, f"{split}.json"), records, indent=1)
     _remove_stale_files(video_dir, annotation_dir, written_videos, parameters["num_clips"])
 
     manifest = dict(parameters, annotations={s: f"annotations/{s}.json" for s in parameters["num_clips"]})
-    _write_json_atomic(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest, indent=1)
     return manifest
 
 
@@ -184,21 +186,13 @@ def _is_generated(root: str, manifest_path: str, parameters: dict) -> bool:
 def _write_video_atomic(path: str, frames: np.ndarray, fps: int):
     height, width = frames.shape[1:3]
     # The temporary name keeps the .mp4 suffix: OpenCV picks the container from it.
-    temporary = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot open a mp4v writer for {temporary}")
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    os.replace(temporary, path)
-
-
-def _write_json_atomic(path: str, content):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as file:
-        json.dump(content, file, indent=1)
-    os.replace(temporary, path)
+    with atomic_output(path, keep_extension=True) as temporary:
+        writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV cannot open a mp4v writer for {temporary}")
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
 
 
 def _read_json(path: str):

@@ -30,6 +30,7 @@ from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from PIL import Image
 from torch.utils.data import get_worker_info
 
+from lavis_mmict.atomic import atomic_output
 from lavis_mmict.datasets.icl_dataset import collate_icl_samples
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -282,8 +283,7 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
     paths = []
     for shard_index in range(num_shards):
         path = os.path.join(root, f"shard-{shard_index:05d}.tar")
-        temp_path = path + ".tmp"
-        with wds.TarWriter(temp_path) as writer:
+        with atomic_output(path) as temp_path, wds.TarWriter(temp_path) as writer:
             for page_index in range(pages_per_shard):
                 scene = _random_clip(rng)
                 frames = render_clip_frames(scene, len(QUESTIONS), size)  # BGR
@@ -297,7 +297,6 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
                     if text_format in ("json", "both"):
                         sample["json"] = {"caption": text, "page": page_index}
                     writer.write(sample)
-        os.replace(temp_path, path)
         paths.append(path)
     return paths
 

@@ -348,7 +348,7 @@ class AIMOpt(Blip2Base):
             return None, list(range(len(demo_texts)))
         fingerprint = self.fingerprint()
         keys = [demo_content_key(frames, text) for frames, text in zip(demo_frames, demo_texts)]
-        cached = bank.lookup(keys, fingerprint)
+        cached = bank.lookup(fingerprint, keys)
         missing = [i for i, value in enumerate(cached) if value is None]
         return (cached, keys, fingerprint), missing
 
@@ -435,8 +435,7 @@ class AIMOpt(Blip2Base):
                 states[i] = state
             if bank_state is not None:
                 cached, keys, fingerprint = bank_state
-                for i, state in zip(missing, read):
-                    self.demo_bank.store(keys[i], fingerprint, state)
+                self.demo_bank.store(fingerprint, [keys[i] for i in missing], read)
                 states = [state if state is not None else cached[i].to(self.device)
                           for i, state in enumerate(states)]
             lengths = torch.tensor([state.shape[0] for state in states], device=self.device)

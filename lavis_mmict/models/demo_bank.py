@@ -12,16 +12,17 @@ training alike. An entry is found by
 
 Entries live in memory (least recently used are dropped beyond ``max_items``) and optionally on
 disk, one ``safetensors`` file per entry (no pickle), under ``<disk_dir>/<fingerprint[:16]>/``.
-Each file's metadata repeats the full fingerprint and content key and is checked when read.
+Each file's metadata repeats the full fingerprint and content key and is checked when read. The
+storing is models/tensor_store.py; this module is the key policy.
 """
 import hashlib
 import logging
 import os
-import tempfile
-from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
+
+from lavis_mmict.models.tensor_store import TensorStore
 
 BANK_FORMAT = "aim_demo_bank/1"
 # Elements of each tensor hashed into the fingerprint: enough to see any real change of weights
@@ -64,8 +65,12 @@ def module_fingerprint(named_tensors: Iterable, extra: Sequence = ()) -> str:
     return digest.hexdigest()
 
 
-class DemoBank:
-    """Cache of per-demonstration features: ``content key -> (L, H)`` tensor, per model fingerprint.
+class DemoBank(TensorStore):
+    """Per-demonstration features: ``content key -> (L, H)`` tensor, per model fingerprint.
+
+    Files: ``<disk_dir>/<fingerprint[:16]>/<key[:2]>/<key>.safetensors``, whose metadata holds
+    ``BANK_FORMAT``, the full fingerprint and the key. ``stats()`` reports ``hits`` found in memory
+    and ``disk_hits`` found on disk apart.
 
     Args:
         max_items: entries kept in memory (least recently used dropped first); 0 = memory off.
@@ -73,112 +78,35 @@ class DemoBank:
         log_every: log the hit/miss counts every this many lookups (0 = never).
     """
 
+    label = "demo bank"
+
     def __init__(self, max_items: int = 10000, disk_dir: Optional[str] = None, log_every: int = 1000):
-        self.max_items = int(max_items)
-        self.disk_dir = os.path.abspath(os.path.expanduser(disk_dir)) if disk_dir else None
+        super().__init__(max_items, os.path.expanduser(disk_dir) if disk_dir else None)
         self.log_every = int(log_every)
-        self._memory: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-        self.hits = 0  # found in memory
-        self.disk_hits = 0  # found on disk (then kept in memory)
-        self.misses = 0  # computed by the model
-        self.stale = 0  # disk files whose metadata did not match (ignored)
         self._next_log = self.log_every
 
-    # ------------------------------------------------------------------ lookups
-    def lookup(self, keys: Sequence[str], fingerprint: str) -> List[Optional[torch.Tensor]]:
-        """Cached features for each key (None where missing); counts hits and misses."""
-        found = []
-        for key in keys:
-            value = self._memory.get((fingerprint, key))
-            if value is not None:
-                self._memory.move_to_end((fingerprint, key))
-                self.hits += 1
-            else:
-                value = self._read_disk(key, fingerprint)
-                if value is not None:
-                    self.disk_hits += 1
-                    self._remember(key, fingerprint, value)
-                else:
-                    self.misses += 1
-            found.append(value)
-        self._maybe_log()
-        return found
+    def folder_name(self, fingerprint: str) -> str:
+        return fingerprint[:16]
 
-    def store(self, key: str, fingerprint: str, features: torch.Tensor):
-        """Keep ``features`` (L, H) for ``key`` under ``fingerprint`` (in memory and on disk)."""
-        features = features.detach().to("cpu").contiguous()
-        self._remember(key, fingerprint, features)
-        self._write_disk(key, fingerprint, features)
+    def entry_metadata(self, fingerprint: str, key: str) -> Dict[str, str]:
+        return {"format": BANK_FORMAT, **super().entry_metadata(fingerprint, key)}
+
+    def lookup(self, fingerprint: str, keys: Sequence[str]) -> List[Optional[torch.Tensor]]:
+        """Cached features (L, H) for each key (None where missing); counts and logs hits and misses."""
+        found = super().lookup(fingerprint, keys)
+        if self.log_every > 0 and self.hits + self.misses >= self._next_log:
+            self._next_log += self.log_every
+            self.log_stats()
+        return found
 
     def stats(self) -> Dict[str, int]:
         return {
-            "hits": self.hits,
-            "disk_hits": self.disk_hits,
-            "misses": self.misses,
-            "stale": self.stale,
+            "hits": self.hits - self.disk_hits,  # found in memory
+            "disk_hits": self.disk_hits,  # found on disk (then kept in memory)
+            "misses": self.misses,  # computed by the model
+            "stale": self.stale,  # disk files written for another model or format, or unreadable
             "entries": len(self._memory),
         }
 
     def log_stats(self, prefix="demo bank"):
         logging.info("%s: %s", prefix, ", ".join(f"{k} {v}" for k, v in self.stats().items()))
-
-    def clear_memory(self):
-        self._memory.clear()
-
-    # ------------------------------------------------------------------ internals
-    def _remember(self, key, fingerprint, features):
-        if self.max_items <= 0:
-            return
-        self._memory[(fingerprint, key)] = features
-        self._memory.move_to_end((fingerprint, key))
-        while len(self._memory) > self.max_items:
-            self._memory.popitem(last=False)
-
-    def _maybe_log(self):
-        if self.log_every > 0 and self.hits + self.disk_hits + self.misses >= self._next_log:
-            self._next_log += self.log_every
-            self.log_stats()
-
-    def entry_path(self, key: str, fingerprint: str) -> str:
-        return os.path.join(self.disk_dir, fingerprint[:16], key[:2], f"{key}.safetensors")
-
-    def _read_disk(self, key, fingerprint):
-        if self.disk_dir is None:
-            return None
-        path = self.entry_path(key, fingerprint)
-        if not os.path.isfile(path):
-            return None
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt") as file:
-                metadata = file.metadata() or {}
-                if (metadata.get("format") != BANK_FORMAT or metadata.get("fingerprint") != fingerprint
-                        or metadata.get("key") != key):
-                    self.stale += 1
-                    logging.warning("demo bank: ignoring %s (written for another model or format)", path)
-                    return None
-                return file.get_tensor("features")
-        except Exception as err:  # a truncated or foreign file is a miss, never a crash
-            self.stale += 1
-            logging.warning("demo bank: ignoring unreadable %s (%s)", path, err)
-            return None
-
-    def _write_disk(self, key, fingerprint, features):
-        if self.disk_dir is None:
-            return
-        from safetensors.torch import save_file
-
-        path = self.entry_path(key, fingerprint)
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        # temp file + os.replace: readers (other ranks) never see half an entry
-        handle, temp_path = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file({"features": features}, temp_path,
-                      metadata={"format": BANK_FORMAT, "fingerprint": fingerprint, "key": key})
-            os.replace(temp_path, path)
-        finally:
-            if os.path.exists(temp_path):
-                os.remove(temp_path)

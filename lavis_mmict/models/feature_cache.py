@@ -13,16 +13,17 @@ and of how it runs (device type, autocast dtype): a different encoder never read
 
 Modes: ``none`` (off), ``memory`` (this process, bounded LRU of CPU tensors), ``disk`` (the memory
 layer in front of one ``.safetensors`` file per clip under ``<dir>/<fingerprint>/``, written
-atomically, so ranks and later runs share it; never pickle).
+atomically, so ranks and later runs share it; never pickle). The storing is models/tensor_store.py;
+this module is the key policy: what a clip's key and the encoder's fingerprint are.
 """
 import hashlib
 import json
-import logging
 import os
-from collections import OrderedDict
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
+
+from lavis_mmict.models.tensor_store import TensorStore
 
 CACHE_MODES = ("none", "memory", "disk")
 CACHE_FORMAT_VERSION = 1
@@ -57,8 +58,10 @@ def runtime_signature(device: torch.device) -> str:
     return f"{device.type}|autocast={dtype if enabled else None}"
 
 
-class DemoFeatureCache:
-    """Frozen ViT outputs per demo clip key; see the module docstring.
+class DemoFeatureCache(TensorStore):
+    """Frozen ViT outputs (F, P, Dv) per demo clip key, per encoder fingerprint; see the module
+    docstring. Files: ``<directory>/<fingerprint>/<name[:2]>/<name>.safetensors`` with ``name`` a
+    digest of (fingerprint, key), and the key in the metadata.
 
     Args:
         mode: ``none`` | ``memory`` | ``disk``.
@@ -66,23 +69,28 @@ class DemoFeatureCache:
         memory_items: most clips held in memory (least recently used dropped first).
     """
 
+    label = "demo feature cache"
+
     def __init__(self, mode: str = "none", directory: Optional[str] = None,
                  memory_items: int = DEFAULT_MEMORY_ITEMS):
         if mode not in CACHE_MODES:
             raise ValueError(f"Unknown model.demo_feature_cache {mode!r}; valid: {list(CACHE_MODES)}")
         if int(memory_items) < 0:
             raise ValueError(f"model.demo_feature_cache_memory_items must be >= 0, got {memory_items}")
+        super().__init__(max_items=memory_items,
+                         disk_dir=(directory or DEFAULT_CACHE_DIR) if mode == "disk" else None)
         self.mode = mode
-        self.directory = os.path.abspath(directory or DEFAULT_CACHE_DIR)
-        self.memory_items = int(memory_items)
-        self._memory: "OrderedDict[str, torch.Tensor]" = OrderedDict()
         self._weights = {}  # (id of encoder, dtype, device) -> digest; reset when weights load
-        self.hits = 0
-        self.misses = 0
 
     @property
     def enabled(self) -> bool:
         return self.mode != "none"
+
+    def file_stem(self, fingerprint: str, key: str) -> str:
+        return _digest(fingerprint, key)
+
+    def entry_metadata(self, fingerprint: str, key: str):
+        return {"key": key}  # the folder already names the full fingerprint
 
     # ------------------------------------------------------------------ fingerprint
     def encoder_fingerprint(self, encoder: torch.nn.Module, image_size, device: torch.device) -> str:
@@ -98,85 +106,6 @@ class DemoFeatureCache:
 
     def forget_encoder(self):
         self._weights.clear()
-
-    # ------------------------------------------------------------------ lookups
-    def _entry_name(self, fingerprint: str, key: str) -> str:
-        return _digest(fingerprint, key)
-
-    def _file(self, fingerprint: str, name: str) -> str:
-        return os.path.join(self.directory, fingerprint, name[:2], f"{name}.safetensors")
-
-    def _remember(self, name: str, features: torch.Tensor):
-        if self.memory_items == 0:
-            return
-        self._memory[name] = features
-        self._memory.move_to_end(name)
-        while len(self._memory) > self.memory_items:
-            self._memory.popitem(last=False)
-
-    def lookup(self, fingerprint: str, keys: Sequence[str]) -> List[Optional[torch.Tensor]]:
-        """Cached features (CPU tensors) per key, None for a miss; "" keys are always None."""
-        found = []
-        for key in keys:
-            features = self._get(fingerprint, key) if key and self.enabled else None
-            if key and self.enabled:
-                if features is None:
-                    self.misses += 1
-                else:
-                    self.hits += 1
-            found.append(features)
-        return found
-
-    def _get(self, fingerprint: str, key: str) -> Optional[torch.Tensor]:
-        name = self._entry_name(fingerprint, key)
-        if name in self._memory:
-            self._memory.move_to_end(name)
-            return self._memory[name]
-        if self.mode != "disk":
-            return None
-        path = self._file(fingerprint, name)
-        if not os.path.isfile(path):
-            return None
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt") as stored:
-                if (stored.metadata() or {}).get("key") != key:
-                    return None  # a digest collision (never expected): recompute
-                features = stored.get_tensor("features")
-        except Exception as error:  # unreadable (e.g. a disk error): recompute, do not fail the step
-            logging.warning("demo feature cache: cannot read %s (%s); recomputing", path, error)
-            return None
-        self._remember(name, features)
-        return features
-
-    def store(self, fingerprint: str, keys: Sequence[str], features: torch.Tensor):
-        """Keep ``features[i]`` (F, P, Dv) under ``keys[i]`` (skipping "" keys)."""
-        if not self.enabled:
-            return
-        for key, item in zip(keys, features):
-            if not key:
-                continue
-            name = self._entry_name(fingerprint, key)
-            item = item.detach().to("cpu", copy=True).contiguous()
-            self._remember(name, item)
-            if self.mode == "disk":
-                self._write(self._file(fingerprint, name), key, item)
-
-    @staticmethod
-    def _write(path: str, key: str, features: torch.Tensor):
-        """Write under a temporary name, then rename: readers never see half a file, and ranks
-        writing the same clip at once leave one complete copy (both wrote the same values)."""
-        from safetensors.torch import save_file
-
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.tmp-{os.getpid()}"
-        try:
-            save_file({"features": features}, temporary, metadata={"key": key})
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
 
 
 def cache_from_config(cfg) -> DemoFeatureCache:

@@ -18,6 +18,8 @@ from lavis.common.logger import MetricLogger
 from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.base_task import BaseTask
 
+from lavis_mmict.atomic import write_json_atomic
+
 __all__ = [
     "ICLEvalTask",
     "format_metrics_table",
@@ -149,10 +151,7 @@ class ICLEvalTask(BaseTask):
         if merged is not None:
             if remove_duplicate:
                 merged = unique_by_key(merged, remove_duplicate)
-            temp_file = final_result_file + ".tmp"
-            with open(temp_file, "w") as f:
-                json.dump(merged, f)
-            os.replace(temp_file, final_result_file)
+            write_json_atomic(final_result_file, merged)
             logging.info("%d results saved to %s", len(merged), final_result_file)
         if is_dist_avail_and_initialized():
             dist.barrier()  # the file exists before any rank returns its path

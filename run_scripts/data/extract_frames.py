@@ -12,9 +12,10 @@ Unreadable videos are listed at the end (exit status 1), the others are still ex
 """
 import argparse
 import os
-import shutil
 import sys
 from multiprocessing import Pool
+
+from lavis_mmict.atomic import atomic_output
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".3gp")
 
@@ -29,7 +30,6 @@ def extract_clip(video_path, output_dir, num_frames=16, size=256):
     target = os.path.join(output_dir, name)
     if os.path.isdir(target):
         return video_path, None
-    temporary = os.path.join(output_dir, f".tmp-{os.getpid()}-{name}")
     try:
         reader = decord.VideoReader(video_path, num_threads=1)
         total = len(reader)
@@ -39,21 +39,18 @@ def extract_clip(video_path, output_dir, num_frames=16, size=256):
         indices = ((np.arange(count) + 0.5) * total / count).astype(np.int64).clip(0, total - 1)
         frames = reader.get_batch(indices.tolist())
         frames = frames.numpy() if hasattr(frames, "numpy") and not hasattr(frames, "asnumpy") else frames.asnumpy()
-        os.makedirs(temporary, exist_ok=True)
-        for position, frame in enumerate(frames):
-            image = Image.fromarray(frame)
-            if size > 0:
-                scale = size / min(image.size)
-                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                     Image.BICUBIC)
-            image.save(os.path.join(temporary, f"frame_{position:04d}.jpg"), quality=95)
-        os.replace(temporary, target)
+        with atomic_output(target) as temporary:  # a folder, renamed onto target when complete
+            os.makedirs(temporary)
+            for position, frame in enumerate(frames):
+                image = Image.fromarray(frame)
+                if size > 0:
+                    scale = size / min(image.size)
+                    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                         Image.BICUBIC)
+                image.save(os.path.join(temporary, f"frame_{position:04d}.jpg"), quality=95)
         return video_path, None
     except Exception as error:  # reported per clip; one bad file does not stop the others
         return video_path, str(error)
-    finally:
-        if os.path.isdir(temporary):
-            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def extract_all(videos_dir, output_dir, num_frames=16, size=256, workers=1):
