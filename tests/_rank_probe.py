@@ -9,7 +9,7 @@ import torch
 from lavis.common.dist_utils import get_rank
 
 from lavis_mmict.checkpoints import trainable_state_dict
-from lavis_mmict.runners import DeviceAwareRunnerMixin
+from lavis_mmict.runners import IclRunnerMixin
 
 
 def _dump_after(train):
@@ -24,5 +24,5 @@ def _dump_after(train):
     return train_then_dump
 
 
-for runner_cls in DeviceAwareRunnerMixin.__subclasses__():
+for runner_cls in IclRunnerMixin.__subclasses__():
     runner_cls.train = _dump_after(runner_cls.train)

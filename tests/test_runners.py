@@ -16,14 +16,9 @@ from lavis.common.registry import registry
 from torch.utils.data import DataLoader, DistributedSampler
 
 import _toy_plugin  # noqa: F401  (registers _toy_linear_model and _toy_builder)
+from lavis_mmict.checkpoints import CheckpointError, read_checkpoint
 from lavis_mmict.dist import init_distributed, shared_job_id
-from lavis_mmict.runners import (
-    CheckpointError,
-    EpochAwareLoader,
-    IclRunnerBase,
-    IclRunnerIter,
-    read_checkpoint,
-)
+from lavis_mmict.runners import EpochAwareLoader, IclRunnerBase, IclRunnerIter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(REPO_ROOT, "tests")

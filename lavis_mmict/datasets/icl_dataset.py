@@ -48,8 +48,8 @@ from lavis_mmict.datasets.records import (  # noqa: F401  (re-exported: the old 
     required_fields,
 )
 
-SKIPPED_KEY = "num_skipped_media"
-# Per-item count of demonstrations dropped for bad media; summed into SKIPPED_KEY by the collater.
+SKIPPED_MEDIA_KEY = "num_skipped_media"
+# Per-item count of demonstrations dropped for bad media; summed into SKIPPED_MEDIA_KEY by the collater.
 _SKIPPED_DEMOS_KEY = "_num_skipped_demo_media"
 # Replacement draws tried before giving up on a split whose media are (nearly) all unreadable.
 MAX_REPLACEMENT_TRIES = 200
@@ -293,7 +293,7 @@ class ICLDataset(Dataset):
             bad += failed
         bad += sum(sample.pop(_SKIPPED_DEMOS_KEY, 0) for sample in valid)
         batch = collate_icl_samples(valid)
-        batch[SKIPPED_KEY] = bad
+        batch[SKIPPED_MEDIA_KEY] = bad
         return batch
 
     def _replacements(self, count: int, valid: List[dict]):
