@@ -1,0 +1,50 @@
+"""Readers of the official dataset releases, for the converters in ``run_scripts/data/`` (which
+write LAVIS's annotation json from them): json reading, the question type, and the MSVD-QA /
+MSRVTT-QA release format of Xu et al. (2017) both QA converters read."""
+import json
+import os
+
+from lavis_mmict.atomic import write_json_atomic
+
+
+def read_json(path):
+    with open(path, "r") as file:
+        return json.load(file)
+
+
+def question_type(question):
+    """The question word (what / who / how / when / where / ...): MSVD-QA and MSRVTT-QA report per type."""
+    words = question.strip().lower().split()
+    return words[0] if words else "other"
+
+
+XU_QA_FIELDS = ("answer", "id", "question", "video_id")
+
+
+def convert_xu_qa_splits(input_dir, output_dir, video_of, extra_fields=()):
+    """Convert ``{train,val,test}_qa.json`` of the Xu et al. (2017) release (records
+    ``{"answer", "id", "question", "video_id", ...}``) to LAVIS video-QA ``qa_<split>.json``.
+
+    ``video_of(record, source, index)``: the clip file name of a record (the datasets differ only
+    there); ``extra_fields``: record fields copied when present. Returns {split: written path}.
+    """
+    written = {}
+    for split in ("train", "val", "test"):
+        source = os.path.join(input_dir, f"{split}_qa.json")
+        records = []
+        for index, record in enumerate(read_json(source)):
+            missing = [k for k in XU_QA_FIELDS if k not in record]
+            if missing:
+                raise ValueError(f"{source}: record {index} is missing {missing}")
+            converted = {
+                "video": video_of(record, source, index),
+                "question": record["question"],
+                "answer": record["answer"],
+                "question_id": record["id"],
+                "question_type": question_type(record["question"]),
+            }
+            converted.update({k: record[k] for k in extra_fields if k in record})
+            records.append(converted)
+        written[split] = os.path.join(output_dir, f"qa_{split}.json")
+        write_json_atomic(written[split], records)
+    return written
