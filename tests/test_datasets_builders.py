@@ -1,7 +1,5 @@
 """The nine *_icl builders on small generated files in their formats: splits, batches, training."""
-import importlib.util
 import json
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +9,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import _dataset_files as files
-from conftest import REPO_ROOT
+from lavis_mmict.cli import build_runner
 
 F = 2  # frames per clip in these tests
 
@@ -160,13 +158,6 @@ def test_relative_paths_resolve_under_build_info_root(tmp_path, monkeypatch):
 
 # --- one epoch of training through train.py for every builder ---------------------------------
 
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("mmict_train", os.path.join(REPO_ROOT, "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 TRAIN_RUN = {
     "task": "icl_vqa", "runner": "icl_runner_base", "device": "cpu", "seed": 1,
     "lr_sched": "linear_warmup_cosine_lr", "init_lr": 1e-3, "min_lr": 1e-5, "warmup_lr": 1e-5,
@@ -195,8 +186,7 @@ def test_each_builder_trains_the_tiny_model_for_one_epoch_through_train_py(
     registry.mapping["paths"].pop("output_dir", None)
     registry.mapping["paths"].pop("result_dir", None)
 
-    train = load_train_module()
-    runner = train.build_runner(SimpleNamespace(cfg_path=str(cfg_path), options=None))
+    runner = build_runner(SimpleNamespace(cfg_path=str(cfg_path), options=None))  # train.py's set-up
     before = {n: p.detach().clone() for n, p in runner.model.named_parameters() if p.requires_grad}
     runner.train()
     after = dict(runner.unwrap_dist_model(runner.model).named_parameters())

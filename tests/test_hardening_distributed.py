@@ -78,7 +78,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 from lavis_mmict.dist import init_distributed
-from train import run_main
+from lavis_mmict.cli import run_main
 
 def gloo_threads():
     names = []

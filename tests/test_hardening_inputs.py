@@ -11,12 +11,13 @@ import torch
 from lavis.common.registry import registry
 
 import lavis_mmict
-import train
 from _hardening import TRAIN_PY, no_network_attempts, subprocess_env
 from lavis_mmict.checkpoints import CheckpointError, read_checkpoint
+from lavis_mmict.config_checks import check_config_names
+from lavis_mmict.errors import ConfigError
 from test_runners import TRAINABLE, build_runner, trainable_params, write_config
 
-DEMO_CFG = os.path.join(train.__file__.rsplit(os.sep, 1)[0], "projects", "mmict", "demo.yaml")
+DEMO_CFG = os.path.join(os.path.dirname(TRAIN_PY), "projects", "mmict", "demo.yaml")
 
 
 @pytest.mark.parametrize(
@@ -32,8 +33,8 @@ DEMO_CFG = os.path.join(train.__file__.rsplit(os.sep, 1)[0], "projects", "mmict"
     ],
 )
 def test_unknown_names_in_config_are_named_with_the_valid_ones(option, expected):
-    with pytest.raises(train.ConfigError) as excinfo:
-        train.check_config_names(DEMO_CFG, [option])
+    with pytest.raises(ConfigError) as excinfo:
+        check_config_names(DEMO_CFG, [option])
     message = str(excinfo.value)
     assert DEMO_CFG in message
     for part in expected:
@@ -41,8 +42,8 @@ def test_unknown_names_in_config_are_named_with_the_valid_ones(option, expected)
 
 
 def test_builder_list_shows_only_in_context_builders():
-    with pytest.raises(train.ConfigError) as excinfo:
-        train.check_config_names(DEMO_CFG, ["datasets.nope.x=1"])
+    with pytest.raises(ConfigError) as excinfo:
+        check_config_names(DEMO_CFG, ["datasets.nope.x=1"])
     icl = [n for n in registry.mapping["builder_name_mapping"] if n.endswith("_icl")]
     listed = str(excinfo.value).split("(*_icl): ")[1].split("]")[0]
     assert sorted(icl) == sorted(n.strip(" '[") for n in listed.split(","))
@@ -54,7 +55,7 @@ PROJECT_CFGS = sorted(glob.glob(os.path.join(os.path.dirname(TRAIN_PY), "project
 
 @pytest.mark.parametrize("cfg_path", PROJECT_CFGS, ids=lambda path: os.path.relpath(path, os.path.dirname(TRAIN_PY)))
 def test_every_project_config_names_registered_parts(cfg_path):
-    train.check_config_names(cfg_path)  # model arch/type, builders, task, runner all exist
+    check_config_names(cfg_path)  # model arch/type, builders, task, runner all exist
 
 
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py"])

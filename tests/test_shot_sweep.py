@@ -9,10 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from lavis_mmict import sweep as shot_sweep
 from lavis_mmict.reports import markdown_report, read_sweep_rows, shots_table, write_sweep_report
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "run_scripts", "mmict"))
-import shot_sweep  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

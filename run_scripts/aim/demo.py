@@ -18,26 +18,14 @@ import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO_ROOT, "run_scripts", "mmict"))
-from demo import read_metrics  # noqa: E402  (the MMICT demo's log reader)
+from lavis_mmict.demo_runs import newest_log, read_metrics, torchrun
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARDS = "output/cache/aim_web_shards"
 
 
-def torchrun(script, cfg_path, options=()):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           script, "--cfg-path", cfg_path]
-    if options:
-        cmd += ["--options", *options]
-    subprocess.run(cmd, check=True)
-
-
 def newest_job(output_dir):
-    jobs = sorted(glob.glob(os.path.join(output_dir, "*", "log.txt")), key=os.path.getmtime)
-    if not jobs:
-        raise SystemExit(f"no log.txt under {output_dir}: the run failed, see its output above")
-    return os.path.dirname(jobs[-1])
+    return os.path.dirname(newest_log(output_dir))
 
 
 def last_checkpoint(job_dir):

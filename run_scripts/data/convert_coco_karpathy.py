@@ -11,10 +11,9 @@ test one record per image with all its captions (``"caption": [...]``), as LAVIS
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import read_json, write_json_atomic  # noqa: E402
+from lavis_mmict.atomic import write_json_atomic
+from lavis_mmict.datasets.release_formats import read_json
 
 SPLIT_OF = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 

@@ -10,11 +10,8 @@ Writes ``qa_{train,val,test}.json``: ``{"video": "video<N>.mp4", "question", "an
 "question_id", "question_type", "category_id"}`` (question_type = the question word).
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import convert_xu_qa_splits  # noqa: E402
+from lavis_mmict.datasets.release_formats import convert_xu_qa_splits
 
 
 def convert(input_dir, output_dir, video_ext=".mp4"):

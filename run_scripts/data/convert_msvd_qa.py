@@ -11,10 +11,8 @@ Writes ``qa_{train,val,test}.json``: ``{"video": "<name>.avi", "question", "answ
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import convert_xu_qa_splits  # noqa: E402
+from lavis_mmict.datasets.release_formats import convert_xu_qa_splits
 
 
 def read_mapping(path):

@@ -15,11 +15,9 @@ annotations), "image": "<split>/COCO_<split>_<image_id:012d>.jpg", "image_id", "
 answer type (yes/no, number, other)}``.
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import read_json, write_json_atomic  # noqa: E402
+from lavis_mmict.atomic import write_json_atomic
+from lavis_mmict.datasets.release_formats import read_json
 
 
 def convert(questions_path, annotations_path, output_path):

@@ -1,21 +1,15 @@
-"""Shared helpers of the data-preparation scripts: json reading, atomic json writing, and the
-MSVD-QA / MSRVTT-QA release format both QA converters read."""
+"""Readers of the official dataset releases, for the converters in ``run_scripts/data/`` (which
+write LAVIS's annotation json from them): json reading, the question type, and the MSVD-QA /
+MSRVTT-QA release format of Xu et al. (2017) both QA converters read."""
 import json
 import os
+
+from lavis_mmict.atomic import write_json_atomic
 
 
 def read_json(path):
     with open(path, "r") as file:
         return json.load(file)
-
-
-def write_json_atomic(path, content):
-    """Write ``content`` to ``path`` under a temporary name, then rename: never a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as file:
-        json.dump(content, file)
-    os.replace(temporary, path)
 
 
 def question_type(question):
