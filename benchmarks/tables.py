@@ -187,8 +187,8 @@ def _llm_positions(model, samples) -> int:
 
 def aim_inference(size, device, rounds, batch=4, shots=(0, 4, 16), num_beams=5, max_len=10,
                   throughput_target=2.0, memory_target=0.2) -> Table:
-    fused = build_model(size, device, arch="aim_opt", demo_mode="fused")
-    raw = build_model(size, device, arch="aim_opt", demo_mode="raw")
+    fused = build_model(size, device, arch="aim_opt", demo_format="fused")
+    raw = build_model(size, device, arch="aim_opt", demo_format="raw")
     raw.load_state_dict(fused.state_dict())  # identical frozen weights
     frames, pixels = SIZES[size].frames, image_size(fused)
     settings = dict(num_beams=num_beams, max_length=max_len, min_length=max_len)
@@ -239,7 +239,7 @@ def aim_inference(size, device, rounds, batch=4, shots=(0, 4, 16), num_beams=5, 
 
 # ---------------------------------------------------------------------- 4. demonstration bank
 def aim_bank(size, device, rounds, batch=4, num_demos=16, target=5.0) -> Table:
-    model = build_model(size, device, arch="aim_opt", demo_mode="fused")
+    model = build_model(size, device, arch="aim_opt", demo_format="fused")
     frames, pixels = SIZES[size].frames, image_size(model)
     samples = make_batch(batch, num_demos, frames, pixels, seed=400, device=device)
     queries_only = make_batch(batch, 0, frames, pixels, seed=400, device=device)
@@ -248,7 +248,7 @@ def aim_bank(size, device, rounds, batch=4, num_demos=16, target=5.0) -> Table:
     def encode(batch_samples, empty_bank):
         if empty_bank:
             model.demo_bank.clear_memory()
-        model.demo_embeddings(batch_samples)
+        model.encode(batch_samples)
 
     seconds = interleaved({
         "first pass": lambda: encode(samples, True),

@@ -41,7 +41,7 @@ def test_aim_trains_on_web_shards_then_evaluates_few_shot(tmp_path):
     # the fused model with the trained projection; raw/none use the same code path and frozen
     # weights (test_aim_model.py checks what each mode feeds the LLM)
     eval_root = tmp_path / "eval"
-    options = small_data + [f"run.output_dir={eval_root}", "model.demo_mode=fused",
+    options = small_data + [f"run.output_dir={eval_root}", "model.demo_format=fused",
                             f"run.eval_ckpt_path={job_dir}/checkpoint_4.pth"]
     torchrun("evaluate.py", "projects/aim/demo_eval.yaml", options)
     _, metrics = read_log(str(eval_root))

@@ -84,8 +84,8 @@ def test_only_projection_and_separator_train_and_frozen_parts_stay_bit_identical
 def test_mlp_projection_and_config_errors():
     model = build(projection="mlp")
     assert isinstance(model.projection, torch.nn.Sequential)
-    with pytest.raises(ValueError, match="demo_mode"):
-        build(demo_mode="vanilla")
+    with pytest.raises(ValueError, match="demo_format"):
+        build(demo_format="vanilla")
     with pytest.raises(ValueError, match="fusion_layer"):
         build(fusion_layer=7)
     with pytest.raises(ValueError, match="projection"):
@@ -102,16 +102,19 @@ def test_fused_tokens_have_the_demo_text_length_and_raw_demos_carry_visual_token
     batch = make_batch()
     fused = build(demo_bank={"enabled": False})
     with torch.no_grad():
-        _, embeds, token_mask, demo_mask, separator = fused.demo_embeddings(batch)
+        encoded = fused.encode(batch)
+    embeds, token_mask, demo_mask, separator = (encoded.demo_embeds, encoded.demo_token_mask,
+                                                encoded.demo_mask, encoded.separator)
     assert torch.equal(separator, fused.separator_embed)
     for b, texts in enumerate(batch["demo_text"]):
         expected = [n if real else 0 for n, real in zip(text_lengths(fused, texts), batch["demo_mask"][b])]
         assert token_mask[b].sum(dim=1).tolist() == expected
 
-    raw = build(demo_mode="raw")
+    raw = build(demo_format="raw")
     num_visual = raw.query_tokens.shape[1]
     with torch.no_grad():
-        _, raw_embeds, raw_mask, _, _ = raw.demo_embeddings(batch)
+        encoded = raw.encode(batch)
+    raw_embeds, raw_mask = encoded.demo_embeds, encoded.demo_token_mask
     lengths = raw_mask.sum(dim=2)
     for b, texts in enumerate(batch["demo_text"]):
         for k, n in enumerate(text_lengths(raw, texts)):
@@ -141,11 +144,11 @@ def test_demo_modes_decide_what_the_llm_sees():
     batch = make_batch()
     other = dict(batch, demo_text=[["completely different words", "more", ""], ["other text", "", ""]])
     for mode, depends_on_demos in (("fused", True), ("raw", True), ("none", False)):
-        model = build(demo_mode=mode).eval()
+        model = build(demo_format=mode).eval()
         with torch.no_grad():
             same = model(batch)["loss"].item() == model(other)["loss"].item()
         assert same != depends_on_demos, mode
-    zero_shot = build(demo_mode="none").eval()
+    zero_shot = build(demo_format="none").eval()
     no_demos = dict(batch, demo_mask=torch.zeros(2, 3, dtype=torch.bool))
     with torch.no_grad():
         assert zero_shot(batch)["loss"].item() == zero_shot(no_demos)["loss"].item()
@@ -163,7 +166,7 @@ def test_generation_on_video_clips_and_images():
 
 
 def test_pretrained_gives_the_base_not_aims_parameters(tmp_path):
-    base = build(seed=3, demo_mode="raw")
+    base = build(seed=3, demo_format="raw")
     path = tmp_path / "base.pth"
     torch.save({"model": base.state_dict()}, path)
     model = build(seed=4, pretrained=str(path))

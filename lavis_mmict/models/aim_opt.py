@@ -2,7 +2,7 @@
 
 AIM (arXiv 2406.07588) was published on Qwen-VL and LLaVA-Next; this is a port to LAVIS's BLIP-2
 OPT. Everything of BLIP-2 (ViT, Q-Former, its projection, OPT) stays frozen. For a batch of B
-queries with up to K demonstrations each:
+queries with up to K demonstrations each, ``demo_format`` says what a demonstration gives the LLM:
 
   fused (AIM):  each demonstration is read by the frozen model as ``[visual N][</s> demo text]``
                 (one batched LLM pass over all demos not in the Demonstration Bank); the hidden
@@ -13,8 +13,9 @@ queries with up to K demonstrations each:
   none:         zero-shot, no demonstrations.
 
 LLM input per sample: ``[demo 1] <sep> ... [demo K] <sep> [query visual N][</s> prompt]`` (+ the
-target when training), packed by models/sequence.py; one LLM call gives the loss (target tokens
-only) or ``generate()``. Trained: the projection and, optionally, the separator vector.
+target when training), packed and read in one LLM call as models/base.py does for both models:
+the loss (target tokens only) or ``generate()``. Trained: the projection and, optionally, the
+separator vector.
 
 Parameter names follow LAVIS's ``Blip2OPT`` (``visual_encoder``, ``ln_vision``, ``Qformer``,
 ``query_tokens``, ``opt_proj``, ``opt_model``), so LAVIS BLIP-2 OPT checkpoints load as they are.
@@ -25,17 +26,15 @@ import os
 import torch
 import torch.nn as nn
 from lavis.common.registry import registry
-from lavis.models.blip2_models.blip2 import Blip2Base
 from torch.nn.utils.rnn import pad_sequence
 
 from lavis_mmict import backbones
-from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
+from lavis_mmict.models.base import LLM_FAMILIES, SEPARATOR_TOKEN, Blip2ICLModel, EncodedBatch, query_clips
+from lavis_mmict.models.blip2_checkpoint import load_same_names
 from lavis_mmict.models.demo_bank import DemoBank, demo_content_key, module_fingerprint
-from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, llm_generate, llm_loss
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
 
-DEMO_MODES = ("fused", "raw", "none")
 PROJECTIONS = ("linear", "mlp")
 # Changes whenever what the reading pass computes changes (invalidates every bank entry).
 READING_FORMAT = "visual+bos+text/1"
@@ -67,7 +66,9 @@ def build_demo_bank(cfg):
 
 
 @registry.register_model("aim_opt")
-class AIMOpt(Blip2Base):
+class AIMOpt(Blip2ICLModel):
+    """BLIP-2 OPT with AIM's fused demonstrations. Model types: see PRETRAINED_MODEL_CONFIG_DICT."""
+
     PRETRAINED_MODEL_CONFIG_DICT = {
         "tiny": os.path.join(CONFIG_DIR, "aim_opt_tiny.yaml"),
         "pretrain_opt2.7b": os.path.join(CONFIG_DIR, "aim_opt_pretrain_opt2.7b.yaml"),
@@ -76,40 +77,19 @@ class AIMOpt(Blip2Base):
         "caption_coco_opt6.7b": os.path.join(CONFIG_DIR, "aim_opt_caption_coco_opt6.7b.yaml"),
     }
     default_model_type = "tiny"
+    DEMO_FORMATS = ("fused", "raw", "none")  # see the module docstring
 
-    def __init__(
-        self,
-        visual_encoder,
-        ln_vision,
-        Qformer,
-        query_tokens,
-        opt_model,
-        opt_tokenizer,
-        demo_mode="fused",
-        fusion_layer=-1,
-        projection="linear",
-        separator="<|endofchunk|>",
-        train_separator=True,
-        prompt="",
-        max_txt_len=32,
-        demo_bank=None,
-        freeze_vit=True,
-        freeze_qformer=True,
-        freeze_llm=True,
-    ):
-        super().__init__()
-        if demo_mode not in DEMO_MODES:
-            raise ValueError(f"Unknown model.demo_mode {demo_mode!r}; valid: {list(DEMO_MODES)}")
-        self.visual_encoder = visual_encoder
-        self.ln_vision = ln_vision
+    def __init__(self, visual_encoder, ln_vision, Qformer, query_tokens, opt_model, opt_tokenizer,
+                 demo_format="fused", fusion_layer=-1, projection="linear", separator=SEPARATOR_TOKEN,
+                 train_separator=True, prompt="", max_txt_len=32, demo_bank=None,
+                 freeze_vit=True, freeze_qformer=True, freeze_llm=True):
+        super().__init__(visual_encoder, ln_vision, demo_format, LLM_FAMILIES["opt"], prompt, max_txt_len)
         self.Qformer = Qformer
         self.query_tokens = query_tokens
         self.opt_model = opt_model
         self.opt_tokenizer = opt_tokenizer
         llm_config = opt_model.config
         self.opt_proj = nn.Linear(Qformer.config.hidden_size, llm_config.word_embed_proj_dim)
-
-        self.demo_mode = demo_mode
         num_states = llm_config.num_hidden_layers + 1  # embeddings, then one per decoder layer
         if not -num_states <= int(fusion_layer) < num_states:
             raise ValueError(
@@ -117,8 +97,6 @@ class AIMOpt(Blip2Base):
                 f"{llm_config.num_hidden_layers} layers (valid: {-num_states}..{num_states - 1})"
             )
         self.fusion_layer = int(fusion_layer) % num_states
-        self.prompt = prompt
-        self.max_txt_len = max_txt_len
         self.demo_bank = demo_bank
 
         # The last hidden state is after OPT's output projection (word_embed_proj_dim) if it has one.
@@ -131,8 +109,7 @@ class AIMOpt(Blip2Base):
         self.separator_id = self._separator_token_id(separator)
         self.separator_embed = nn.Parameter(self.token_embedding_row(self.separator_id))
         # Answers end with a newline, as LAVIS's BLIP-2 OPT was trained; generation stops there.
-        self.answer_end = "\n"
-        self.answer_end_id = opt_tokenizer(self.answer_end, add_special_tokens=False).input_ids[0]
+        self.answer_end_id = self.answer_end_token_id()
 
         # What trains: AIM trains only its projection (+ separator); the base stays frozen unless a
         # freeze_* switch says otherwise (e.g. the tiny demo's stand-in for BLIP-2 pre-training).
@@ -150,6 +127,16 @@ class AIMOpt(Blip2Base):
         self._fingerprint = None
         self._warned_bank_off = False
         self.train(False)
+
+    # The base reads the LLM as llm_model / llm_tokenizer; the modules keep LAVIS Blip2OPT's names
+    # so that its checkpoints load as they are.
+    @property
+    def llm_model(self):
+        return self.opt_model
+
+    @property
+    def llm_tokenizer(self):
+        return self.opt_tokenizer
 
     # ---------------------------------------------------------------- building
     @staticmethod
@@ -171,6 +158,7 @@ class AIMOpt(Blip2Base):
 
     @classmethod
     def from_config(cls, cfg):
+        demo_format = cls.demo_format_from_config(cfg)
         backbones.check_weights_available(cfg)  # one clear error before minutes of building
         visual_encoder, ln_vision = backbones.build_vision_encoder(cfg)
         Qformer, query_tokens, _ = backbones.build_qformer(cfg, visual_encoder.num_features)
@@ -183,7 +171,7 @@ class AIMOpt(Blip2Base):
         opt_model, opt_tokenizer, family = backbones.build_llm(cfg)
         if family != "opt":
             raise ValueError(f"aim_opt needs an OPT LLM; model.llm_model is a {family!r} model")
-        separator = cfg.get("separator", "<|endofchunk|>")
+        separator = cfg.get("separator", SEPARATOR_TOKEN)
         if len(opt_tokenizer(separator, add_special_tokens=False).input_ids) != 1:
             opt_tokenizer.add_special_tokens({"additional_special_tokens": [separator]})
             opt_model.resize_token_embeddings(len(opt_tokenizer))
@@ -194,7 +182,7 @@ class AIMOpt(Blip2Base):
             query_tokens=query_tokens,
             opt_model=opt_model,
             opt_tokenizer=opt_tokenizer,
-            demo_mode=cfg.get("demo_mode", "fused"),
+            demo_format=demo_format,
             fusion_layer=cfg.get("fusion_layer", -1),
             projection=cfg.get("projection", "linear"),
             separator=separator,
@@ -225,24 +213,8 @@ class AIMOpt(Blip2Base):
 
         Returns the set of keys loaded. LAVIS's parameter names are this model's names.
         """
-        path = backbones.resolve_weights_file(url_or_path, "BLIP-2 OPT checkpoint", config_key)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state_dict = checkpoint.get("model", checkpoint)
-        own = self.state_dict()
-        skip = self.aim_parameter_names()
-        usable = {k: v for k, v in state_dict.items() if k in own and k not in skip}
-        mismatched = sorted(k for k, v in usable.items() if tuple(v.shape) != tuple(own[k].shape))
-        if mismatched:
-            raise ValueError(f"{path} (model.{config_key}): shapes differ from the model for {mismatched[:5]}")
-        self.load_state_dict(usable, strict=False)
-        logging.info("loaded %d tensors from %s; %d not in the model were skipped",
-                     len(usable), path, len(state_dict) - len(usable))
-        return set(usable)
-
-    def load_trainable_checkpoint(self, path):
-        """Load a checkpoint written by our runners (trainable parameters only), checked first."""
-        checkpoint = read_checkpoint(path)
-        return load_trainable_state_dict(self, checkpoint["model"], source=path)
+        return load_same_names(self, url_or_path, "BLIP-2 OPT checkpoint", config_key,
+                               skip=self.aim_parameter_names())
 
     # ---------------------------------------------------------------- frozen parts
     def base_modules(self):
@@ -302,9 +274,6 @@ class AIMOpt(Blip2Base):
         ).last_hidden_state
         return self.opt_proj(query_output)
 
-    def embed_tokens(self, ids):
-        return self.opt_model.get_input_embeddings()(ids)
-
     def tokenize_demo_texts(self, texts):
         """``</s> text`` per demo, right-padded: ids and mask (M, 1 + L); max_txt_len text tokens."""
         tokens = self.opt_tokenizer(
@@ -352,177 +321,63 @@ class AIMOpt(Blip2Base):
         missing = [i for i, value in enumerate(cached) if value is None]
         return (cached, keys, fingerprint), missing
 
-    # ---------------------------------------------------------------- LLM inputs
-    def format_prompts(self, samples, prompt=None):
-        """The LLM prompt of each query: ``prompt`` with ``{}`` filled by ``text_input``."""
-        template = self.prompt if prompt is None or prompt == "" else prompt
-        texts = samples.get("text_input")
-        if texts is None:
-            return [template] * samples["image"].shape[0]
-        if isinstance(texts, str):
-            texts = [texts]
-        if "{}" in template:
-            return [template.format(text) for text in texts]
-        return [template or text for text in texts]
 
-    def prompt_segment(self, prompts):
-        tokens = self.opt_tokenizer(
-            prompts, padding="longest", truncation=True, max_length=self.max_txt_len, return_tensors="pt"
-        ).to(self.device)
-        ids = tokens.input_ids
-        return Segment(self.embed_tokens(ids), tokens.attention_mask.bool(), token_ids=ids)
-
-    def target_segment(self, answers):
-        tokens = self.opt_tokenizer(
-            [answer + self.answer_end for answer in answers], add_special_tokens=False,
-            padding="longest", truncation=True, max_length=self.max_txt_len, return_tensors="pt",
-        ).to(self.device)
-        mask = tokens.attention_mask.bool()
-        labels = tokens.input_ids.masked_fill(~mask, IGNORE_INDEX)
-        return Segment(self.embed_tokens(tokens.input_ids), mask, labels=labels, token_ids=tokens.input_ids)
-
-    def demo_embeddings(self, samples):
-        """Visual tokens of the queries and each sample's demonstrations as the LLM will see them.
-
-        Returns (query_visual (B, N, D), demo_embeds (B, K, L, D) or None, demo_token_mask
-        (B, K, L) or None, demo_mask (B, K) or None, separator (D,) or None).
-        """
-        image = samples["image"]
-        if image.dim() == 4:  # a batch of still images is a batch of one-frame clips
-            image = image.unsqueeze(1)
+    # ---------------------------------------------------------------- what the LLM reads
+    def encode(self, samples) -> EncodedBatch:
+        """Visual tokens of the queries and each sample's demonstrations as the LLM will see them:
+        ``fused`` (projected hidden states, then ``separator_embed``), ``raw`` ([visual][</s> text],
+        then the LLM's own separator embedding) or ``none`` (no demonstrations)."""
+        image = query_clips(samples)
         batch = image.shape[0]
-        demo_mask = samples.get("demo_mask")
-        use_demos = self.demo_mode != "none" and demo_mask is not None and demo_mask.numel() > 0
-        if use_demos:
-            demo_mask = demo_mask.to(self.device).bool()
-            use_demos = bool(demo_mask.any())
-        if not use_demos:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.base_is_frozen()):
-                return self.encode_visual(image), None, None, None, None
+        demos = self.real_demos(samples)
+        base_grad = torch.is_grad_enabled() and not self.base_is_frozen()
+        if demos is None:
+            with torch.set_grad_enabled(base_grad):
+                return EncodedBatch(self.encode_visual(image))
 
-        sample_index, demo_index = demo_mask.nonzero(as_tuple=True)
-        demo_image = samples["demo_image"]
-        if demo_image.dim() == 5:
-            demo_image = demo_image.unsqueeze(2)
-        pairs = list(zip(sample_index.tolist(), demo_index.tolist()))
-        demo_texts = [samples["demo_text"][b][k] for b, k in pairs]
-
-        bank_state, missing = (None, list(range(len(demo_texts))))
-        if self.demo_mode == "fused":
+        bank_state, missing = (None, list(range(len(demos.texts))))
+        if self.demo_format == "fused":
             # views of each demo's frames: demos the bank holds are never copied
-            bank_state, missing = self.bank_lookup([demo_image[b, k] for b, k in pairs], demo_texts)
+            demo_image = demos.all_clips()
+            bank_state, missing = self.bank_lookup([demo_image[b, k] for b, k in demos.pairs], demos.texts)
 
         # One ViT + Q-Former call over the queries and the demos that must be read.
-        base_grad = torch.is_grad_enabled() and not self.base_is_frozen()
         with torch.set_grad_enabled(base_grad):
-            if missing:
-                rows = torch.tensor([pairs[i][0] for i in missing], device=demo_image.device)
-                slots = torch.tensor([pairs[i][1] for i in missing], device=demo_image.device)
-                frames = torch.cat([image, demo_image[rows, slots].to(image.device)], dim=0)
-            else:
-                frames = image
+            frames = torch.cat([image, demos.clips(image.device, missing)], dim=0) if missing else image
             visual = self.encode_visual(frames)
         query_visual, missing_visual = visual[:batch], visual[batch:]
 
-        if self.demo_mode == "raw":
-            real_embeds, real_mask, _ = self.raw_demo_embeds(missing_visual, demo_texts)
-            separator = self.embed_tokens(torch.tensor(self.separator_id, device=self.device))
+        if self.demo_format == "raw":
+            real_embeds, real_mask, _ = self.raw_demo_embeds(missing_visual, demos.texts)
+            separator = self.separator_token_embedding()
         else:
-            with torch.set_grad_enabled(base_grad):
-                read = self.read_demos(missing_visual, [demo_texts[i] for i in missing]) if missing else []
-            states = [None] * len(demo_texts)
-            for i, state in zip(missing, read):
-                states[i] = state
-            if bank_state is not None:
-                cached, keys, fingerprint = bank_state
-                self.demo_bank.store(fingerprint, [keys[i] for i in missing], read)
-                states = [state if state is not None else cached[i].to(self.device)
-                          for i, state in enumerate(states)]
-            lengths = torch.tensor([state.shape[0] for state in states], device=self.device)
-            padded = pad_sequence(states, batch_first=True)  # (M, L, H)
-            real_mask = torch.arange(padded.shape[1], device=self.device)[None, :] < lengths[:, None]
-            real_embeds = self.projection(padded.to(self.projection_dtype()))
+            real_embeds, real_mask = self.fused_demo_embeds(missing_visual, demos.texts, missing, bank_state,
+                                                            base_grad)
             separator = self.separator_embed
+        demo_embeds, demo_token_mask = demos.scatter(real_embeds, real_mask)
+        return EncodedBatch(query_visual, demo_embeds, demo_token_mask, demos.mask, separator)
 
-        # Scatter the real demos to their (sample, slot) places; absent slots stay masked.
-        num_slots, length = demo_mask.shape[1], real_embeds.shape[1]
-        demo_embeds = real_embeds.new_zeros(batch, num_slots, length, real_embeds.shape[-1])
-        demo_token_mask = torch.zeros(batch, num_slots, length, dtype=torch.bool, device=self.device)
-        demo_embeds[sample_index, demo_index] = real_embeds
-        demo_token_mask[sample_index, demo_index] = real_mask
-        return query_visual, demo_embeds, demo_token_mask, demo_mask, separator
+    def fused_demo_embeds(self, missing_visual, texts, missing, bank_state, base_grad):
+        """AIM's fused tokens of M demos -> (M, L, D) and mask (M, L) bool: hidden states at each
+        text position, read by the frozen LLM or found in the bank, through ``projection``.
+
+        missing_visual: visual tokens of the demos ``missing`` (indices into the M) the model reads;
+        bank_state: ``bank_lookup``'s first result (the others come from there; read ones go there).
+        """
+        with torch.set_grad_enabled(base_grad):
+            read = self.read_demos(missing_visual, [texts[i] for i in missing]) if missing else []
+        states = [None] * len(texts)
+        for i, state in zip(missing, read):
+            states[i] = state
+        if bank_state is not None:
+            cached, keys, fingerprint = bank_state
+            self.demo_bank.store(fingerprint, [keys[i] for i in missing], read)
+            states = [state if state is not None else cached[i].to(self.device)
+                      for i, state in enumerate(states)]
+        lengths = torch.tensor([state.shape[0] for state in states], device=self.device)
+        padded = pad_sequence(states, batch_first=True)  # (M, L, H)
+        real_mask = torch.arange(padded.shape[1], device=self.device)[None, :] < lengths[:, None]
+        return self.projection(padded.to(self.projection_dtype())), real_mask
 
     def projection_dtype(self):
         return next(self.projection.parameters()).dtype
-
-    def prefix_segments(self, samples, prompt=None):
-        """[demos with separators] [query visual tokens] [prompt] for every sample."""
-        query_visual, demo_embeds, demo_token_mask, demo_mask, separator = self.demo_embeddings(samples)
-        segments = []
-        if demo_embeds is not None:
-            segments.append(demo_segment(demo_embeds, demo_token_mask, demo_mask, separator))
-        visual_mask = torch.ones(query_visual.shape[:2], dtype=torch.bool, device=self.device)
-        segments.append(Segment(query_visual, visual_mask))
-        segments.append(self.prompt_segment(self.format_prompts(samples, prompt)))
-        dtype = self.opt_model.get_input_embeddings().weight.dtype
-        for segment in segments:  # one dtype for the packed input (fp16 LLM on GPU, fp32 projection)
-            segment.embeds = segment.embeds.to(dtype)
-        return segments
-
-    # ---------------------------------------------------------------- training
-    def forward(self, samples):
-        """Returns {"loss"}: cross-entropy averaged over the batch's target tokens only."""
-        with self.maybe_autocast():
-            loss, _ = llm_loss(self.opt_model, self.prefix_segments(samples),
-                               self.target_segment(samples["text_output"]), encoder_decoder=False)
-        return {"loss": loss}
-
-    # ---------------------------------------------------------------- inference
-    @torch.no_grad()
-    def generate(
-        self,
-        samples,
-        use_nucleus_sampling=False,
-        num_beams=5,
-        max_length=30,
-        min_length=1,
-        top_p=0.9,
-        repetition_penalty=1.0,
-        length_penalty=1.0,
-        num_captions=1,
-        temperature=1.0,
-        prompt=None,
-    ):
-        """Batched generation with each sample's demonstrations; returns B * num_captions strings."""
-        with self.maybe_autocast():
-            generated = llm_generate(
-                self.opt_model, self.prefix_segments(samples, prompt), encoder_decoder=False,
-                max_new_tokens=max_length, min_new_tokens=min_length, num_beams=num_beams,
-                use_nucleus_sampling=use_nucleus_sampling, num_return_sequences=num_captions,
-                top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
-                length_penalty=length_penalty, eos_token_id=self.answer_end_id,
-                pad_token_id=self.opt_tokenizer.pad_token_id,
-            )
-        texts = self.opt_tokenizer.batch_decode(generated, skip_special_tokens=True)
-        return [text.strip() for text in texts]
-
-    def predict_answers(
-        self,
-        samples,
-        num_beams=5,
-        inference_method="generate",
-        max_len=10,
-        min_len=1,
-        num_ans_candidates=128,
-        answer_list=None,
-        prompt="",
-        length_penalty=0,
-        **kwargs,
-    ):
-        """Open-ended answers (one string per query), generated with the query's demonstrations."""
-        if inference_method != "generate":
-            raise ValueError(f"aim_opt answers by generation only, got inference_method={inference_method!r}")
-        return self.generate(
-            samples, num_beams=num_beams, max_length=max_len, min_length=min_len,
-            length_penalty=length_penalty, prompt=prompt,
-        )

@@ -8,32 +8,29 @@ Data flow for a batch of B queries with up to K demonstrations each (see DESIGN.
        vanilla_ict  its N visual query outputs (no text in the Q-Former) + LLM embeddings of its text
        text_only    LLM embeddings of its text (no vision)
        none         nothing (plain BLIP-2 fine-tuning, K = 0)
-  -> LLM input per sample: [demo 1] <sep> ... [demo K] <sep> [query visual] [prompt], packed
-     without padding gaps (models/sequence.py); OPT reads the target after it, FlanT5 reads it as
-     encoder input with the target as decoder labels
-  -> one LLM call: loss over the batch's target tokens, or generate().
+  -> LLM input per sample: [demo 1] <sep> ... [demo K] <sep> [query visual] [prompt], packed and
+     read by OPT (target after it) or FlanT5 (target as decoder labels) in one LLM call, as
+     models/base.py does for both models: loss over the batch's target tokens, or generate().
 The query is encoded the same way in every format (M-Hub with its question), so the formats
 differ only in what the demonstrations contribute.
 """
 import logging
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from lavis.common.registry import registry
-from lavis.models.blip2_models.blip2 import Blip2Base
 
 from lavis_mmict import backbones
-from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
+from lavis_mmict.models.base import (
+    LLM_FAMILIES, SEPARATOR_TOKEN, Blip2ICLModel, EncodedBatch, check_choice, query_clips,
+)
+from lavis_mmict.models.blip2_checkpoint import fit_vocabulary_rows, map_lavis_keys, read_state_dict
 from lavis_mmict.models.feature_cache import DemoFeatureCache, cache_from_config
 from lavis_mmict.models.mhub import MultiModalHub
-from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, llm_generate, llm_loss
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
-
-SEPARATOR_TOKEN = "<|endofchunk|>"
 
 # What each demonstration format feeds the LLM (module docstring); "none" is plain BLIP-2 (K = 0).
 DEMO_FORMATS = ("mmict", "vanilla_ict", "text_only", "none")
@@ -42,94 +39,16 @@ DEMO_FORMATS = ("mmict", "vanilla_ict", "text_only", "none")
 FRAME_MODES = ("concat", "per_frame")
 
 
-@dataclass(frozen=True)
-class LLMFamily:
-    """What differs between decoder-only and encoder-decoder LLMs, as data."""
-
-    encoder_decoder: bool  # T5: the prefix is the encoder input, the target the decoder labels
-    answer_suffix: str  # appended to targets: BLIP-2 OPT answers end with "\n" (its stop token)
-    target_special_tokens: bool  # T5 targets end with </s> (the tokenizer adds it)
-    autocast_dtype: torch.dtype  # LAVIS: fp16 around OPT, bf16 around FlanT5 (fp16 overflows in T5)
-
-
-LLM_FAMILIES = {
-    "opt": LLMFamily(encoder_decoder=False, answer_suffix="\n", target_special_tokens=False,
-                     autocast_dtype=torch.float16),
-    "t5": LLMFamily(encoder_decoder=True, answer_suffix="", target_special_tokens=True,
-                    autocast_dtype=torch.bfloat16),
-}
-
-# LAVIS BLIP-2 checkpoint key prefixes -> ours (one model class serves OPT and T5).
-LAVIS_KEY_PREFIXES = {
-    "Qformer.": "mhub.Qformer.",
-    "query_tokens": "mhub.query_tokens",
-    "opt_proj.": "llm_proj.",
-    "opt_model.": "llm_model.",
-    "t5_proj.": "llm_proj.",
-    "t5_model.": "llm_model.",
-}
-# Vocabulary tables: a checkpoint may have fewer rows than ours (we add the separator token).
-VOCABULARY_TABLES = ("embed_tokens.weight", "lm_head.weight", "shared.weight", "word_embeddings.weight")
-
-
-def _check_choice(value, valid, key):
-    if value not in valid:
-        raise ValueError(f"Unknown model.{key} {value!r}; valid: {list(valid)}")
-    return value
-
-
 def check_demo_format(demo_format):
-    return _check_choice(demo_format, DEMO_FORMATS, "demo_format")
+    return check_choice(demo_format, DEMO_FORMATS, "demo_format")
 
 
 def check_frame_mode(frame_mode):
-    return _check_choice(frame_mode, FRAME_MODES, "frame_mode")
-
-
-def map_lavis_keys(state_dict):
-    """Rename a LAVIS BLIP-2 state dict's keys to this model's names."""
-    mapped = {}
-    for key, value in state_dict.items():
-        for old, new in LAVIS_KEY_PREFIXES.items():
-            if key.startswith(old):
-                key = new + key[len(old):]
-                break
-        mapped[key] = value
-    return mapped
-
-
-def fit_vocabulary_rows(state_dict, own_state):
-    """Vocabulary tables whose row count differs from ours (tokens added on either side): take the
-    checkpoint's rows where both have them and keep ours for the rest (e.g. the separator)."""
-    fitted = dict(state_dict)
-    for key, value in state_dict.items():
-        own = own_state.get(key)
-        if (own is not None and key.endswith(VOCABULARY_TABLES) and value.dim() == 2
-                and own.shape != value.shape and own.shape[1] == value.shape[1]):
-            rows = min(own.shape[0], value.shape[0])
-            merged = own.detach().clone()
-            merged[:rows] = value[:rows].to(merged.dtype)
-            fitted[key] = merged
-    return fitted
-
-
-@dataclass
-class EncodedBatch:
-    """What the encoders give the LLM, before packing.
-
-    query_visual (B, Nq, D): the query's visual tokens (Nq = N, or N x F per frame);
-    demo_embeds (B, K, L, D), demo_token_mask (B, K, L) bool, demo_mask (B, K) bool: per demo slot,
-    or all None when no demonstration reaches the LLM.
-    """
-
-    query_visual: torch.Tensor
-    demo_embeds: Optional[torch.Tensor] = None
-    demo_token_mask: Optional[torch.Tensor] = None
-    demo_mask: Optional[torch.Tensor] = None
+    return check_choice(frame_mode, FRAME_MODES, "frame_mode")
 
 
 @registry.register_model("mmict_blip2")
-class MMICTBlip2(Blip2Base):
+class MMICTBlip2(Blip2ICLModel):
     """BLIP-2 (OPT or FlanT5) with MMICT demonstrations. Model types: see PRETRAINED_MODEL_CONFIG_DICT."""
 
     PRETRAINED_MODEL_CONFIG_DICT = {
@@ -145,6 +64,7 @@ class MMICTBlip2(Blip2Base):
         "finetuned_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_flant5xxl.yaml"),
     }
     default_model_type = "tiny"
+    DEMO_FORMATS = DEMO_FORMATS
 
     def __init__(
         self,
@@ -164,20 +84,15 @@ class MMICTBlip2(Blip2Base):
         num_frames=None,
         demo_feature_cache: Optional[DemoFeatureCache] = None,
     ):
-        super().__init__()
-        self.visual_encoder = visual_encoder
-        self.ln_vision = ln_vision
+        family = LLM_FAMILIES[check_choice(llm_family, tuple(LLM_FAMILIES), "llm_model family")]
+        super().__init__(visual_encoder, ln_vision, demo_format, family, prompt, max_txt_len)
         self.mhub = mhub
         self.qformer_tokenizer = qformer_tokenizer
         self.llm_model = llm_model
         self.llm_tokenizer = llm_tokenizer
-        self.llm_family = _check_choice(llm_family, tuple(LLM_FAMILIES), "llm_model family")
-        self.family = LLM_FAMILIES[llm_family]
-        self.demo_format = check_demo_format(demo_format)
+        self.llm_family = llm_family
         self.frame_mode = check_frame_mode(frame_mode)
         self.num_frames = num_frames
-        self.prompt = prompt
-        self.max_txt_len = max_txt_len
         self.freeze_vit = freeze_vit
         # Frozen ViT outputs of demo clips, reused across steps (models/feature_cache.py).
         self.demo_feature_cache = demo_feature_cache or DemoFeatureCache("none")
@@ -201,10 +116,7 @@ class MMICTBlip2(Blip2Base):
         if train_separator:
             row = llm_model.get_input_embeddings().weight[self.separator_id].detach().float().clone()
             self.separator_embed = nn.Parameter(row)
-        if self.family.encoder_decoder:
-            self.answer_end_id = llm_tokenizer.eos_token_id
-        else:
-            self.answer_end_id = llm_tokenizer(self.family.answer_suffix, add_special_tokens=False).input_ids[0]
+        self.answer_end_id = self.answer_end_token_id()
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -222,7 +134,7 @@ class MMICTBlip2(Blip2Base):
     @classmethod
     def from_config(cls, cfg):
         # Cheap checks first: a typo or missing weights fail before a 1B-parameter ViT is built.
-        demo_format = check_demo_format(cfg.get("demo_format", "mmict"))
+        demo_format = cls.demo_format_from_config(cfg)
         frame_mode = check_frame_mode(cfg.get("frame_mode", "concat"))
         if cfg.get("load_finetuned", False) and not cfg.get("finetuned", None):
             raise ValueError(
@@ -265,9 +177,8 @@ class MMICTBlip2(Blip2Base):
         the checkpoint lacks (M-Hub's text embeddings and text FFN, which BLIP-2 drops) keeps its
         built value (bert-base-uncased for real types). Returns torch's (missing, unexpected) keys.
         """
-        path = backbones.resolve_weights_file(url_or_path, "BLIP-2 checkpoint", config_key)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state_dict = map_lavis_keys(checkpoint.get("model", checkpoint))
+        path, state_dict = read_state_dict(url_or_path, "BLIP-2 checkpoint", config_key)
+        state_dict = map_lavis_keys(state_dict)
         state_dict = fit_vocabulary_rows(state_dict, self.state_dict())
         result = self.load_state_dict(state_dict, strict=False)
         logging.info("loaded %s; missing keys: %d; unexpected: %s", path, len(result.missing_keys),
@@ -280,11 +191,6 @@ class MMICTBlip2(Blip2Base):
 
     def load_from_pretrained(self, url_or_filename):
         return self.load_lavis_checkpoint(url_or_filename, config_key="pretrained")
-
-    def load_trainable_checkpoint(self, path):
-        """Load a checkpoint written by our runners (trainable parameters only), checked first."""
-        checkpoint = read_checkpoint(path)
-        return load_trainable_state_dict(self, checkpoint["model"], source=path)
 
     # ---------------------------------------------------------------- encoders
     def encode_frames(self, frames, cache_keys=None):
@@ -369,42 +275,31 @@ class MMICTBlip2(Blip2Base):
     def encode(self, samples) -> EncodedBatch:
         """One ViT call and one M-Hub call over every query and every real demonstration that the
         demo format sends through them; absent demos (``demo_mask`` False) are never computed."""
-        image = samples["image"]
-        if image.dim() == 4:  # a batch of still images is a batch of one-frame clips
-            image = image.unsqueeze(1)
+        image = query_clips(samples)
         if self.num_frames and image.shape[1] != self.num_frames:
             raise ValueError(f"model.num_frames is {self.num_frames} but the batch has {image.shape[1]} frames "
                              "per clip; make the dataset's num_frames match (or set model.num_frames: null)")
         batch = image.shape[0]
         queries = list(samples["text_input"]) if not isinstance(samples["text_input"], str) else [samples["text_input"]]
-        demo_mask = samples.get("demo_mask")
-        use_demos = self.demo_format != "none" and demo_mask is not None and bool(demo_mask.any())
-        if not use_demos:
+        demos = self.real_demos(samples)
+        if demos is None:
             frames = self.encode_frames(image)
             visible = torch.ones(batch, dtype=torch.bool, device=self.device)
             query_out, _, _ = self.run_mhub(frames, queries, visible)
             return EncodedBatch(self.llm_proj(query_out))
 
-        demo_mask = demo_mask.to(self.device).bool()
-        sample_index, demo_index = demo_mask.nonzero(as_tuple=True)
-        demo_texts = [samples["demo_text"][b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
-        demo_vision = self.demo_format in ("mmict", "vanilla_ict")
-        if demo_vision:
-            demo_image = samples["demo_image"]
-            if demo_image.dim() == 5:
-                demo_image = demo_image.unsqueeze(2)
+        if self.demo_format in ("mmict", "vanilla_ict"):
             # Demo clips carry cache keys from the dataset ("" = not cacheable); queries never do
             # (training queries are augmented).
             keys = samples.get("demo_media_key")
             cache_keys = None
             if keys is not None and self.demo_feature_cache.enabled:
-                cache_keys = [""] * batch + [keys[b][k] for b, k in zip(sample_index.tolist(), demo_index.tolist())]
-            frames = self.encode_frames(torch.cat([image, demo_image.to(image.device)[sample_index, demo_index]]),
-                                        cache_keys)
+                cache_keys = [""] * batch + demos.pick(keys)
+            frames = self.encode_frames(torch.cat([image, demos.clips(image.device)]), cache_keys)
             # vanilla ICT demos go through the Q-Former without text (plain BLIP-2 visual tokens).
             visible = torch.ones(frames.shape[0], dtype=torch.bool, device=self.device)
             visible[batch:] = self.demo_format == "mmict"
-            qformer_texts = queries + (demo_texts if self.demo_format == "mmict" else [""] * len(demo_texts))
+            qformer_texts = queries + (demos.texts if self.demo_format == "mmict" else [""] * len(demos.texts))
             query_out, text_out, text_mask = self.run_mhub(frames, qformer_texts, visible)
         else:
             visible = torch.ones(batch, dtype=torch.bool, device=self.device)
@@ -414,165 +309,32 @@ class MMICTBlip2(Blip2Base):
             real_embeds, real_mask = self.llm_proj(text_out[batch:]), text_mask[batch:]
         elif self.demo_format == "vanilla_ict":
             visual = self.llm_proj(query_out[batch:])
-            text, text_mask = self.llm_text_embeds(demo_texts)
+            text, text_mask = self.llm_text_embeds(demos.texts)
             real_embeds = torch.cat([visual, text.to(visual.dtype)], dim=1)
             visual_mask = torch.ones(visual.shape[:2], dtype=torch.bool, device=self.device)
             real_mask = torch.cat([visual_mask, text_mask], dim=1)
         else:  # text_only
-            real_embeds, real_mask = self.llm_text_embeds(demo_texts)
+            real_embeds, real_mask = self.llm_text_embeds(demos.texts)
 
-        # Scatter the real demos back to their (sample, slot) places; absent slots stay masked.
-        num_slots, length = demo_mask.shape[1], real_embeds.shape[1]
-        demo_embeds = real_embeds.new_zeros(batch, num_slots, length, real_embeds.shape[-1])
-        demo_token_mask = torch.zeros(batch, num_slots, length, dtype=torch.bool, device=self.device)
-        demo_embeds[sample_index, demo_index] = real_embeds
-        demo_token_mask[sample_index, demo_index] = real_mask
-        return EncodedBatch(self.llm_proj(query_out[:batch]), demo_embeds, demo_token_mask, demo_mask)
+        demo_embeds, demo_token_mask = demos.scatter(real_embeds, real_mask)
+        query_visual = self.llm_proj(query_out[:batch])
+        # Demos and separator meet in the LLM's dtype: the vision side ran in fp16 (bf16 FlanT5).
+        dtype = self.llm_dtype()
+        return EncodedBatch(query_visual, demo_embeds.to(dtype), demo_token_mask, demos.mask,
+                            self.separator_embedding().to(dtype))
 
-    # ---------------------------------------------------------------- LLM inputs
-    def format_prompts(self, samples, prompt=None):
-        """The LLM prompt of each query: ``prompt`` with ``{}`` filled by ``text_input``."""
-        template = self.prompt if prompt is None or prompt == "" else prompt
-        texts = samples["text_input"]
-        if isinstance(texts, str):
-            texts = [texts]
-        if "{}" in template:
-            return [template.format(text) for text in texts]
-        return [template or text for text in texts]
-
-    def embed_tokens(self, ids):
-        return self.llm_model.get_input_embeddings()(ids)
+    def encoding_context(self):
+        # Vision side in fp16 under CUDA AMP, as LAVIS's BLIP-2 (its runner's AMP is fp16), also
+        # when the LLM runs in bf16 (FlanT5); no-op on CPU.
+        return self.maybe_autocast(torch.float16)
 
     def separator_embedding(self):
         if self.train_separator:
             return self.separator_embed
-        return self.embed_tokens(torch.tensor(self.separator_id, device=self.device))
+        return self.separator_token_embedding()
 
-    def prompt_segment(self, prompts):
-        """The prompt, tokenized as LAVIS's BLIP-2 does (OPT: leading </s>; T5: trailing </s>)."""
-        tokens = self.llm_tokenizer(
-            prompts, padding="longest", truncation=True, max_length=self.max_txt_len, return_tensors="pt"
-        ).to(self.device)
-        ids = tokens.input_ids
-        return Segment(self.embed_tokens(ids), tokens.attention_mask.bool(), token_ids=ids)
-
-    def target_segment(self, answers):
-        tokens = self.llm_tokenizer(
-            [answer + self.family.answer_suffix for answer in answers],
-            add_special_tokens=self.family.target_special_tokens,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_txt_len,
-            return_tensors="pt",
-        ).to(self.device)
-        mask = tokens.attention_mask.bool()
-        labels = tokens.input_ids.masked_fill(~mask, IGNORE_INDEX)
-        return Segment(self.embed_tokens(tokens.input_ids), mask, labels=labels, token_ids=tokens.input_ids)
-
-    def prefix_segments(self, samples, prompt=None):
-        """[demos with separators] [query visual tokens] [prompt] for every sample."""
-        # Vision side in fp16 under CUDA AMP, as LAVIS's BLIP-2 (its runner's AMP is fp16), also
-        # when the LLM runs in bf16 (FlanT5); no-op on CPU.
-        with self.maybe_autocast(torch.float16):
-            encoded = self.encode(samples)
-        dtype = self.llm_model.get_input_embeddings().weight.dtype
-        segments = []
-        if encoded.demo_embeds is not None:
-            segments.append(demo_segment(encoded.demo_embeds.to(dtype), encoded.demo_token_mask,
-                                         encoded.demo_mask, self.separator_embedding().to(dtype)))
-        query_visual = encoded.query_visual.to(dtype)
-        visual_mask = torch.ones(query_visual.shape[:2], dtype=torch.bool, device=self.device)
-        segments.append(Segment(query_visual, visual_mask))
-        segments.append(self.prompt_segment(self.format_prompts(samples, prompt)))
-        return segments
-
-    def _float32_on_cpu(self):
+    def before_llm_call(self):
         """LAVIS keeps fp16/bf16 weights for CUDA; on CPU (no autocast there) they must be float32."""
-        if self.device.type == "cpu" and self.llm_model.get_input_embeddings().weight.dtype != torch.float32:
+        if self.device.type == "cpu" and self.llm_dtype() != torch.float32:
             logging.warning("mmict_blip2 on CPU: casting half-precision weights to float32")
             self.float()
-
-    # ---------------------------------------------------------------- training
-    def forward(self, samples):
-        """Returns {"loss"}: cross-entropy averaged over the batch's target tokens only."""
-        self._float32_on_cpu()
-        # Autocast (CUDA only) around everything, as LAVIS's BLIP-2: fp16 ViT features meet the
-        # fp32 Q-Former inside it; the LLM in fp16 (OPT) or bf16 (FlanT5).
-        with self.maybe_autocast(self.family.autocast_dtype):
-            loss, _ = llm_loss(self.llm_model, self.prefix_segments(samples),
-                               self.target_segment(samples["text_output"]), self.family.encoder_decoder)
-        return {"loss": loss}
-
-    # ---------------------------------------------------------------- inference
-    @torch.no_grad()
-    def generate(
-        self,
-        samples,
-        use_nucleus_sampling=False,
-        num_beams=5,
-        max_length=30,
-        min_length=1,
-        top_p=0.9,
-        repetition_penalty=1.0,
-        length_penalty=1.0,
-        num_captions=1,
-        temperature=1.0,
-        prompt=None,
-    ):
-        """Batched generation with each sample's demonstrations (any K per sample via ``demo_mask``).
-
-        Beam search (``num_beams``) or nucleus sampling (``use_nucleus_sampling``, ``top_p``,
-        ``temperature``); ``max_length``/``min_length`` count generated tokens. Returns
-        B * num_captions strings (sample-major).
-        """
-        self._float32_on_cpu()
-        with self.maybe_autocast(self.family.autocast_dtype):
-            new_tokens = llm_generate(
-                self.llm_model,
-                self.prefix_segments(samples, prompt),
-                self.family.encoder_decoder,
-                max_new_tokens=max_length,
-                min_new_tokens=min_length,
-                num_beams=num_beams,
-                use_nucleus_sampling=use_nucleus_sampling,
-                num_return_sequences=num_captions,
-                top_p=top_p,
-                temperature=temperature,
-                repetition_penalty=repetition_penalty,
-                length_penalty=length_penalty,
-                eos_token_id=self.answer_end_id,
-                pad_token_id=self.llm_tokenizer.pad_token_id,
-            )
-        texts = self.llm_tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [text.strip() for text in texts]
-
-    def predict_answers(
-        self,
-        samples,
-        num_beams=5,
-        inference_method="generate",
-        max_len=10,
-        min_len=1,
-        num_ans_candidates=128,
-        answer_list=None,
-        prompt="",
-        length_penalty=0,
-        use_nucleus_sampling=False,
-        **kwargs,
-    ):
-        """Open-ended answers (one string per query), generated with the query's demonstrations.
-
-        Called by the tasks with ``run.num_beams``, ``run.max_len``, ``run.min_len``, ``run.prompt``.
-        """
-        if inference_method != "generate":
-            raise ValueError(f"mmict_blip2 answers by generation only, got inference_method={inference_method!r}")
-        return self.generate(
-            samples,
-            use_nucleus_sampling=use_nucleus_sampling,
-            num_beams=num_beams,
-            max_length=max_len,
-            min_length=min_len,
-            length_penalty=length_penalty,
-            prompt=prompt,
-            **{k: v for k, v in kwargs.items() if k in ("top_p", "temperature", "repetition_penalty")},
-        )

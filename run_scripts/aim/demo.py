@@ -9,7 +9,7 @@ processes):
   3. projects/aim/pretrain_webdataset.yaml: AIM, everything frozen, only the projection (+ separator)
      trains, with the demo bank;
   4. projects/aim/demo_eval.yaml: synthetic video QA test split, K = 3 same-clip demonstrations,
-     with demo_mode none / raw / fused.
+     with demo_format none / raw / fused.
 """
 import glob
 import json
@@ -83,9 +83,9 @@ def main():
 
     rows = []
     for mode in ("none", "raw", "fused"):
-        print(f"\n=== AIM 3/3: few-shot evaluation, demo_mode={mode} ===", flush=True)
+        print(f"\n=== AIM 3/3: few-shot evaluation, demo_format={mode} ===", flush=True)
         start = time.time()
-        options = [f"model.pretrained={base_checkpoint}", f"model.demo_mode={mode}"]
+        options = [f"model.pretrained={base_checkpoint}", f"model.demo_format={mode}"]
         if mode == "fused":
             options.append(f"run.eval_ckpt_path={aim_checkpoint}")
         torchrun("evaluate.py", "projects/aim/demo_eval.yaml", options)
@@ -98,7 +98,7 @@ def main():
     print(f"base: {base_checkpoint} (train loss {final_train_loss(base_job)}, {timings['base']:.0f} s); "
           f"AIM projection: {aim_checkpoint} (train loss {final_train_loss(aim_job)}, {timings['aim']:.0f} s)")
     types = sorted({k[len("test_acc_"):] for _, m, _ in rows for k in m if k.startswith("test_acc_")})
-    header = ["demo_mode", "test acc"] + [f"test {t}" for t in types] + ["LLM positions / demo", "eval time"]
+    header = ["demo_format", "test acc"] + [f"test {t}" for t in types] + ["LLM positions / demo", "eval time"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for mode, metrics, seconds in rows:
