@@ -54,7 +54,7 @@ def _config_path(name: str) -> str:
 class ICLDatasetBuilder(BaseDatasetBuilder):
     """Builds an ``ICLDataset`` for each split of ``split_annotation_paths``.
 
-    Dataset config keys besides LAVIS's usual ones (all documented in README.md):
+    Dataset config keys besides LAVIS's usual ones (all documented in docs/configuration.md):
     ``task_kind`` (qa | caption; fixed by each builder), ``num_frames`` (F, default 4),
     ``frame_sampling`` (uniform | headtail), ``decode_size`` (decode videos at this size; int or
     [h, w]), ``skip_bad_media`` (default false), ``caption_prompts`` (captions) and

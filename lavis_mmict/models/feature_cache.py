@@ -109,7 +109,7 @@ class DemoFeatureCache(TensorStore):
 
 
 def cache_from_config(cfg) -> DemoFeatureCache:
-    """The cache described by ``model.demo_feature_cache*`` keys (README, "Demo feature cache")."""
+    """The cache described by ``model.demo_feature_cache*`` keys (docs/configuration.md, "Demo feature cache")."""
     return DemoFeatureCache(
         mode=cfg.get("demo_feature_cache", "none") or "none",
         directory=cfg.get("demo_feature_cache_dir", None),
