@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # No model hub at run time: tiny models ship with the package; real weights must be on disk.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-quick bench clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider tests
+
+# The quick loop: every test but those marked slow (subprocesses, torchrun, spawned workers).
+test-quick: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 # Speed and memory ratios (benchmarks/, BENCHMARKS.md): CPU, "small" size, under 10 minutes on 2 cores.
 bench: $(STAMP)

@@ -5,7 +5,7 @@ Registers ``_toy_linear_model`` (a frozen Linear, a trainable Linear head and a 
 rule; datasets record their ``set_epoch`` calls). Import it in-process, or in a ``train.py``
 subprocess with ``LAVIS_MMICT_EXTRA_IMPORTS=_toy_plugin`` and ``tests/`` on ``PYTHONPATH``.
 
-Dataset ``build_info`` options for the hardening tests:
+Dataset ``build_info`` options for the resume and skipped-media tests:
     augment_noise        std of Gaussian noise added to training features in ``__getitem__``
                          (drawn from the global torch RNG, like LAVIS's random processors)
     skipped_media_every  n > 0: batches carry ``num_skipped_media`` = how many of their items have

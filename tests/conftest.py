@@ -1,4 +1,17 @@
-"""Test-wide settings: everything runs offline on CPU."""
+"""Test-wide settings: everything runs offline on CPU.
+
+Tests that start a process (a subprocess, torchrun, spawned workers) are marked ``slow``
+(pytest.ini); ``pytest -m "not slow"`` (``make test-quick``) is the quick loop. Test files import
+shared helpers from these modules, never from each other:
+    _batches.py        tiny in-context batches (``make_batch`` and the models' presets)
+    _llm_spy.py        what a model's LLM received (forward inputs, generate calls)
+    _aim_model.py      the tiny aim_opt model, built with config overrides
+    _jobs.py           a toy training job in-process (config, runner) and its log.txt records
+    _subprocesses.py   train.py / evaluate.py / torchrun in a child process, no-network guard log
+    _dataset_files.py  small data sets in each annotation format, with real media files
+    _toy_plugin.py     the toy model and dataset builder (also imported by train.py subprocesses)
+    _rank_probe.py, _sweep_probe.py, _no_network/   imported by train.py / evaluate.py subprocesses
+"""
 import os
 
 # Fail fast instead of retrying the Hugging Face hub (there is no network in tests).

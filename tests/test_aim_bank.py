@@ -8,8 +8,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from _aim_model import build
+from _batches import aim_batch as make_batch
 from lavis_mmict.models.demo_bank import BANK_FORMAT, DemoBank, demo_content_key
-from test_aim_model import build, make_batch
 
 
 def counting_reads(model):

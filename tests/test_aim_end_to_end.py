@@ -2,13 +2,16 @@
 import glob
 import os
 
+import pytest
 import torch
 
+from _aim_model import build
+from _jobs import read_job_metrics
+from _subprocesses import torchrun
 from lavis_mmict.datasets.web_pairs import generate_web_shards
-from test_aim_model import build
-from test_end_to_end import read_log, torchrun
 
 
+@pytest.mark.slow
 def test_aim_trains_on_web_shards_then_evaluates_few_shot(tmp_path):
     shards = generate_web_shards(str(tmp_path / "shards"), num_shards=4, pages_per_shard=4)
     output_root = tmp_path / "train"
@@ -44,6 +47,6 @@ def test_aim_trains_on_web_shards_then_evaluates_few_shot(tmp_path):
     options = small_data + [f"run.output_dir={eval_root}", "model.demo_format=fused",
                             f"run.eval_ckpt_path={job_dir}/checkpoint_4.pth"]
     torchrun("evaluate.py", "projects/aim/demo_eval.yaml", options)
-    _, metrics = read_log(str(eval_root))
+    _, metrics = read_job_metrics(str(eval_root))
     assert metrics["test_num_questions"] == 12  # 3 clips x 4 questions, each scored once
     assert 0.0 <= metrics["test_agg_metrics"] <= 100.0

@@ -1,41 +1,13 @@
 """aim_opt: what trains, what the LLM sees for each demo mode, fused token lengths, model types."""
-import os
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import lavis_mmict
+from _aim_model import build
+from _batches import aim_batch as make_batch
 from lavis.common.registry import registry
 from lavis_mmict.models.aim_opt import AIMOpt
-
-CONFIG = "lavis_mmict/configs/models/aim_opt_tiny.yaml"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_cfg(**overrides):
-    cfg = OmegaConf.load(os.path.join(ROOT, CONFIG)).model
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
-
-
-def build(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return AIMOpt.from_config(tiny_cfg(**overrides))
-
-
-def make_batch(frames=1, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "image": torch.randn(2, frames, 3, 32, 32, generator=generator),
-        "text_input": ["what is the code word?", "what color is the shape?"],
-        "text_output": ["tiger", "red"],
-        "demo_image": torch.randn(2, 3, frames, 3, 32, 32, generator=generator),
-        "demo_text": [["Question: what is it? Short answer: tiger", "a red square", ""],
-                      ["Question: which word is secret? Short answer: stone", "", ""]],
-        "demo_mask": torch.tensor([[True, True, False], [True, False, False]]),
-    }
 
 
 def test_registered_with_lavis_names_and_types():

@@ -3,6 +3,7 @@
 import torch
 
 import lavis_mmict
+from _batches import make_batch
 
 
 def generate(model, samples, **kwargs):
@@ -10,14 +11,7 @@ def generate(model, samples, **kwargs):
 
 
 def tiny_batch(num_frames=1):
-    generator = torch.Generator().manual_seed(0)
-    return {
-        "image": torch.randn(2, num_frames, 3, 32, 32, generator=generator),
-        "text_input": ["what is it", "who is there"],
-        "demo_image": torch.randn(2, 1, num_frames, 3, 32, 32, generator=generator),
-        "demo_text": [["q a"], ["q b"]],
-        "demo_mask": torch.ones(2, 1, dtype=torch.bool),
-    }
+    return make_batch(["what is it", "who is there"], [["q a"], ["q b"]], frames=num_frames)
 
 
 def test_decoding_steps_read_one_new_token_and_match_uncached_generation(monkeypatch):

@@ -46,6 +46,7 @@ def test_project_config_names_registered_parts_and_the_reference_hyper_parameter
         pytest.skip(f"task {run.task} is not registered in this branch (another module)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("llm, model_type", [("opt2.7b", "pretrain_opt2.7b"), ("flant5xl", "pretrain_flant5xl")])
 def test_launch_script_builds_a_multi_node_torchrun_command(llm, model_type):
     env = dict(os.environ, DRY_RUN="1", NNODES="2", NODE_RANK="1", MASTER_ADDR="10.1.2.3",

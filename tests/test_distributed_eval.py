@@ -12,6 +12,8 @@ NUM_QUESTIONS = 7  # odd: 2 ranks get 4 + 3 items (the sampler pads rank 1 with 
 # "sampler": the runner's DistributedSampler (equal shards, padded); "uneven": 4 and 3 items
 SHARDINGS = ("sampler", "uneven")
 
+pytestmark = pytest.mark.slow  # spawns two worker processes
+
 
 class _Questions:
     name = "toy_qa/test"

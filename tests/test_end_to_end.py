@@ -3,13 +3,12 @@ generated synthetic video-QA files: trains, validates, checkpoints, tests, evalu
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from _jobs import read_job_metrics
+from _subprocesses import torchrun
 
 SMALL_DATA = [
     "datasets.synthetic_videoqa_icl.build_info.num_clips.train=12",
@@ -18,26 +17,7 @@ SMALL_DATA = [
 ]
 
 
-def torchrun(script, cfg, options, env_extra=None, nproc=2):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env_extra or {}))
-    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, os.path.join(REPO_ROOT, "tests"), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           script, "--cfg-path", cfg, "--options", *options]
-    result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
-
-
-def read_log(output_root):
-    (log_path,) = glob.glob(os.path.join(output_root, "*", "log.txt"))
-    metrics = {}
-    with open(log_path) as f:
-        for line in f:
-            if line.startswith("{") and line.rstrip().endswith("}") and "_agg_metrics" in line:
-                metrics.update(json.loads(line))
-    return os.path.dirname(log_path), metrics
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", ["projects/mmict/demo.yaml", "projects/mmict/demo_none.yaml"])
 def test_two_process_training_and_evaluation(tmp_path, cfg):
     output_root = tmp_path / "output"
@@ -50,7 +30,7 @@ def test_two_process_training_and_evaluation(tmp_path, cfg):
     torchrun("train.py", cfg, options,
              env_extra={"LAVIS_MMICT_EXTRA_IMPORTS": "_rank_probe", "RANK_PARAM_DUMP_DIR": str(tmp_path / "ranks")})
 
-    job_dir, metrics = read_log(str(output_root))
+    job_dir, metrics = read_job_metrics(str(output_root))
     assert os.path.isfile(os.path.join(job_dir, "checkpoint_best.pth"))
     for split in ("val", "test"):
         assert 0.0 <= metrics[f"{split}_agg_metrics"] <= 100.0
@@ -72,5 +52,5 @@ def test_two_process_training_and_evaluation(tmp_path, cfg):
     eval_root = tmp_path / "eval_output"
     torchrun("evaluate.py", cfg, options[:-5] + [f"run.output_dir={eval_root}", "run.batch_size_eval=5",
                                                   f"run.eval_ckpt_path={job_dir}/checkpoint_best.pth"])
-    _, eval_metrics = read_log(str(eval_root))
+    _, eval_metrics = read_job_metrics(str(eval_root))
     assert eval_metrics["test_agg_metrics"] == pytest.approx(metrics["test_agg_metrics"])

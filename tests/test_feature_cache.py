@@ -7,6 +7,7 @@ import torch
 from lavis.processors.blip_processors import BlipImageEvalProcessor, Blip2ImageTrainProcessor, BlipQuestionProcessor
 from omegaconf import OmegaConf
 
+from _batches import make_batch
 from _dataset_files import make_videoqa
 from lavis_mmict.datasets.icl_dataset import ICLDataset, collate_icl_samples
 from lavis_mmict.models.feature_cache import DemoFeatureCache
@@ -24,19 +25,11 @@ def build(seed=0, **overrides):
     return MMICTBlip2.from_config(cfg).eval()
 
 
-def batch(seed=0, num_demos=3):
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "image": torch.randn(2, 2, 3, 32, 32, generator=generator),
-        "text_input": ["what is it", "who is there"],
-        "text_output": ["a dog", "a cat"],
-        "demo_image": torch.randn(2, num_demos, 2, 3, 32, 32, generator=generator),
-        "demo_text": [["q one a one", "q two a two", "q three a three"][:num_demos],
-                      ["q four a four", "q five a five", ""][:num_demos]],
-        "demo_mask": torch.tensor([[True] * num_demos, [True] * (num_demos - 1) + [False]]),
-        "demo_media_key": [[f"clip{k}" for k in range(num_demos)],
-                           [f"clip{10 + k}" for k in range(num_demos - 1)] + [""]],
-    }
+def batch(seed=0):
+    """Two queries with 3 and 2 real demos, each demo clip named by its media key."""
+    demos = [["q one a one", "q two a two", "q three a three"], ["q four a four", "q five a five", ""]]
+    return make_batch(["what is it", "who is there"], demos, answers=["a dog", "a cat"], seed=seed,
+                      demo_media_keys=[["clip0", "clip1", "clip2"], ["clip10", "clip11", ""]])
 
 
 @torch.no_grad()

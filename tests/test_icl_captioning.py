@@ -53,6 +53,7 @@ def test_rouge_l_partial_overlap_by_hand():
     assert scores["ROUGE_L"] == pytest.approx(0.8)
 
 
+@pytest.mark.slow
 @needs_java
 def test_ptb_tokenizer_and_meteor_with_java():
     # pycocoevalcap's PTB jar through stdin, punctuation removed as pycocoevalcap does
@@ -84,6 +85,7 @@ TYPICAL_CAPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @needs_java
 def test_python_tokenizer_matches_ptb_on_typical_captions():
     expected = tokenize_captions({i: [c] for i, c in enumerate(TYPICAL_CAPTIONS)}, use_java=True)

@@ -9,10 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 import lavis_mmict
+from _batches import B, F, K, SIZE, mmict_batch as make_batch
+from _llm_spy import llm_inputs
 from lavis_mmict.models.mmict_blip2 import DEMO_FORMATS, MMICTBlip2
 from lavis_mmict.models.sequence import IGNORE_INDEX
-
-B, K, F, SIZE = 3, 3, 2, 32
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny_t5"])
@@ -32,33 +32,6 @@ def configured(model):
 
     yield configure
     model.demo_format, model.frame_mode = saved
-
-
-def make_batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "image": torch.randn(B, F, 3, SIZE, SIZE, generator=g),
-        "text_input": ["what color is the shape?", "what is the code word?", "what shape is shown?"],
-        "text_output": ["red", "tiger", "circle"],
-        "demo_image": torch.randn(B, K, F, 3, SIZE, SIZE, generator=g),
-        "demo_text": [
-            ["Question: what shape is shown? Short answer: square", "Question: what is the code word? Short answer: apple", ""],
-            ["Question: which word is secret? Short answer: tiger", "", ""],
-            ["", "", ""],
-        ],
-        "demo_mask": torch.tensor([[True, True, False], [True, False, False], [False, False, False]]),
-    }
-
-
-def llm_call(model, batch):
-    calls = []
-    handle = model.llm_model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
-    try:
-        loss = model(batch)["loss"]
-    finally:
-        handle.remove()
-    assert len(calls) == 1, "one LLM call per batch"
-    return loss, calls[0]
 
 
 def hub_pass(model, frames, text):
@@ -128,7 +101,7 @@ def test_exactly_the_format_features_reach_the_llm(configured, demo_format, fram
     model = configured(demo_format, frame_mode)
     batch = make_batch()
     with torch.no_grad():
-        _, call = llm_call(model, batch)
+        _, call = llm_inputs(model, batch)
         embeds, mask = call["inputs_embeds"], call["attention_mask"]
         for i in range(B):
             expected, kinds = expected_input(model, batch, i)
@@ -167,7 +140,7 @@ def test_absent_demos_never_matter_and_real_ones_do(configured, demo_format):
     model = configured(demo_format)
 
     def llm_input(batch):
-        _, call = llm_call(model, batch)
+        _, call = llm_inputs(model, batch)
         return call["inputs_embeds"]
 
     with torch.no_grad():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import lavis_mmict
+from _batches import B, SIZE, mmict_generation_batch as make_batch
+from _llm_spy import recording_generate
 from lavis_mmict.models.mmict_blip2 import MMICTBlip2
-
-B, K, F, SIZE = 3, 3, 2, 32
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny_t5"])
@@ -17,42 +17,8 @@ def model(request):
     return lavis_mmict.load_model("mmict_blip2", request.param, is_eval=True)
 
 
-def make_batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "image": torch.randn(B, F, 3, SIZE, SIZE, generator=g),
-        "text_input": ["what color is the shape?", "what is the code word?", "what shape is shown?"],
-        "demo_image": torch.randn(B, K, F, 3, SIZE, SIZE, generator=g),
-        "demo_text": [
-            ["Question: what shape is shown? Short answer: square", "Question: what is the code word? Short answer: apple",
-             "Question: what color is the shape? Short answer: red"],
-            ["Question: which word is secret? Short answer: tiger", "", ""],
-            ["", "", ""],
-        ],
-        "demo_mask": torch.tensor([[True, True, True], [True, False, False], [False, False, False]]),
-    }
-
-
 def one_sample(batch, i):
     return {key: value[i:i + 1] for key, value in batch.items()}
-
-
-@contextlib.contextmanager
-def recording_generate(model):
-    """Record the keyword arguments and outputs of the LLM's generate()."""
-    calls = []
-    original = model.llm_model.generate
-
-    def generate(*args, **kwargs):
-        out = original(*args, **kwargs)
-        calls.append((kwargs, out))
-        return out
-
-    model.llm_model.generate = generate
-    try:
-        yield calls
-    finally:
-        del model.llm_model.generate
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -3,56 +3,16 @@ import lavis
 import pytest
 import torch
 
+from _batches import B, F, mmict_batch as make_batch
+from _llm_spy import llm_inputs
 from lavis_mmict.models.mmict_blip2 import MMICTBlip2
 from lavis_mmict.models.sequence import IGNORE_INDEX
-
-B, K, F, SIZE = 3, 3, 2, 32
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
     return lavis.models.load_model("mmict_blip2", "tiny", is_eval=True)
-
-
-def make_batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "image": torch.randn(B, F, 3, SIZE, SIZE, generator=g),
-        "text_input": ["what color is the shape?", "what is the code word?", "what shape is shown?"],
-        "text_output": ["red", "tiger", "circle"],
-        "demo_image": torch.randn(B, K, F, 3, SIZE, SIZE, generator=g),
-        "demo_text": [
-            ["Question: what shape is shown? Short answer: square", "Question: what is the code word? Short answer: apple", ""],
-            ["Question: which word is secret? Short answer: tiger", "", ""],
-            ["", "", ""],
-        ],
-        "demo_mask": torch.tensor([[True, True, False], [True, False, False], [False, False, False]]),
-    }
-
-
-class LLMSpy:
-    """Records what the LLM's forward receives."""
-
-    def __init__(self, model):
-        self.calls = []
-        self.handle = model.llm_model.register_forward_pre_hook(self.record, with_kwargs=True)
-
-    def record(self, module, args, kwargs):
-        self.calls.append(kwargs)
-
-    def remove(self):
-        self.handle.remove()
-
-
-def llm_inputs(model, batch):
-    spy = LLMSpy(model)
-    try:
-        loss = model(batch)["loss"]
-    finally:
-        spy.remove()
-    assert len(spy.calls) == 1, "one LLM call per batch"
-    return loss, spy.calls[0]
 
 
 def count_tokens(tokenizer, texts, **kwargs):

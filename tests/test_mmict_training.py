@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from _jobs import read_log
 from conftest import REPO_ROOT
 from lavis_mmict.models.mmict_blip2 import DEMO_FORMATS
 
@@ -24,15 +25,6 @@ def train_script():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic")  # generated once, shared by every run
-
-
-def read_log(job_dir):
-    records = []
-    with open(os.path.join(job_dir, "log.txt")) as f:
-        for line in f:
-            if line.startswith("{") and line.rstrip().endswith("}"):
-                records.append(json.loads(line))
-    return records
 
 
 @pytest.mark.parametrize("cfg", ["projects/mmict/demo.yaml", "projects/mmict/demo_t5.yaml"])

@@ -1,100 +1,22 @@
-"""Runners on CPU: in-process (world size 1) and a 2-process torchrun/gloo run of train.py."""
+"""Runners on CPU: in-process (world size 1) and a 2-process torchrun/gloo run of train.py; the
+epoch-aware loader; skipped media counted per epoch. Resuming: test_resume.py."""
 import glob
 import json
+import logging
 import os
-import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
-from lavis import tasks
-from lavis.common.config import Config
 from lavis.common.registry import registry
 from torch.utils.data import DataLoader, DistributedSampler
 
-import _toy_plugin  # noqa: F401  (registers _toy_linear_model and _toy_builder)
-from lavis_mmict.checkpoints import CheckpointError, read_checkpoint
-from lavis_mmict.dist import init_distributed, shared_job_id
+from _jobs import TRAINABLE, build_runner, read_log, trainable_params, write_config
+from _subprocesses import REPO_ROOT, run_ok, subprocess_env
+from lavis_mmict.checkpoints import read_checkpoint
 from lavis_mmict.runners import EpochAwareLoader, IclRunnerBase, IclRunnerIter
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS_DIR = os.path.join(REPO_ROOT, "tests")
-TRAINABLE = {"head.weight", "head.bias"}
-
-CONFIG_TEMPLATE = """\
-model:
-  arch: _toy_linear_model
-  model_type: default
-datasets:
-  _toy_builder:
-    build_info: {{num_train: 32, num_val: 13, num_test: 11}}
-run:
-  task: icl_vqa
-  runner: {runner}
-  lr_sched: linear_warmup_cosine_lr
-  init_lr: 0.1
-  min_lr: 0.01
-  warmup_lr: 0.01
-  warmup_steps: 2
-  weight_decay: 0.01
-  max_epoch: 2
-  max_iters: 12
-  iters_per_inner_epoch: 6
-  batch_size_train: 4
-  batch_size_eval: 5
-  num_workers: 0
-  seed: 42
-  output_dir: {output_dir}
-  amp: false
-  evaluate: false
-  train_splits: ["train"]
-  valid_splits: ["val"]
-  test_splits: ["test"]
-  device: {device}
-  dist_url: env://
-"""
-
-
-def write_config(tmp_path, output_dir, runner="icl_runner_base", device="cpu"):
-    path = tmp_path / f"{runner}.yaml"
-    path.write_text(CONFIG_TEMPLATE.format(runner=runner, output_dir=output_dir, device=device))
-    return path
-
-
-def build_runner(cfg_path, job_id, *options):
-    """What train.py does, in-process, with a fixed job id (several runners per test)."""
-    registry.mapping["paths"].pop("output_dir", None)
-    registry.mapping["paths"].pop("result_dir", None)
-    cfg = Config(SimpleNamespace(cfg_path=str(cfg_path), options=[f"run.job_id={job_id}", *options]))
-    init_distributed(cfg.run_cfg)
-    task = tasks.setup_task(cfg)
-    datasets = task.build_datasets(cfg)
-    model = task.build_model(cfg)
-    runner_cls = registry.get_runner_class(cfg.run_cfg.runner)
-    return runner_cls(
-        cfg=cfg, job_id=shared_job_id(cfg.run_cfg), task=task, model=model, datasets=datasets
-    )
-
-
-def read_log(output_dir):
-    """The JSON-lines records of a LAVIS log.txt (skipping the indented config dump)."""
-    records = []
-    with open(os.path.join(output_dir, "log.txt")) as f:
-        for line in f:
-            if line.startswith("{") and line.rstrip().endswith("}"):
-                records.append(json.loads(line))
-    return records
-
-
-def trainable_params(runner):
-    model = runner.unwrap_dist_model(runner.model)
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def test_runners_registered():
@@ -145,71 +67,6 @@ def test_train_epoch_runner_on_cpu(tmp_path, fresh_registry_paths):
     assert train_dataset.epochs == [0, 1]
 
 
-def test_resume_restores_epoch_params_and_optimizer(tmp_path, fresh_registry_paths):
-    cfg_path = write_config(tmp_path, tmp_path / "out")
-    first = build_runner(cfg_path, "first", "run.max_epoch=1", "run.valid_splits=[]", "run.test_splits=[]")
-    first.train()
-    checkpoint_path = str(tmp_path / "out" / "first" / "checkpoint_0.pth")
-    saved = read_checkpoint(checkpoint_path)
-    assert set(saved["model"]) == TRAINABLE and saved["epoch"] == 0
-
-    second = build_runner(cfg_path, "second", "run.resume_ckpt_path=auto", "run.test_splits=[]")
-    assert second.resume_ckpt_path == checkpoint_path  # newest checkpoint under output_dir
-    second._load_checkpoint(second.resume_ckpt_path)
-    assert second.start_epoch == 1
-    for name, value in trainable_params(second).items():
-        assert torch.equal(value, saved["model"][name]), name
-    assert second.optimizer.state_dict()["state"]  # Adam moments restored
-    assert second.train_loader.epoch == 1
-
-    second.train()  # resumes at epoch 1 (loads the same checkpoint again) and trains only that
-    train_dataset = second.datasets["train"].datasets[0]
-    assert train_dataset.epochs == [1]
-    assert [r["val_best_epoch"] for r in read_log(tmp_path / "out" / "second") if "val_agg_metrics" in r]
-
-
-def test_resume_refuses_mismatched_checkpoint(tmp_path, fresh_registry_paths):
-    cfg_path = write_config(tmp_path, tmp_path / "out")
-    first = build_runner(cfg_path, "first", "run.max_epoch=1", "run.valid_splits=[]", "run.test_splits=[]")
-    first.train()
-    saved = read_checkpoint(str(tmp_path / "out" / "first" / "checkpoint_0.pth"))
-
-    runner = build_runner(cfg_path, "second")
-    untouched = trainable_params(runner)
-
-    unexpected = dict(saved, model=dict(saved["model"], **{"bogus.weight": torch.zeros(2)}))
-    bad_path = tmp_path / "unexpected.pth"
-    torch.save(unexpected, bad_path)
-    with pytest.raises(CheckpointError) as excinfo:
-        runner._load_checkpoint(str(bad_path))
-    assert str(bad_path) in str(excinfo.value) and "bogus.weight" in str(excinfo.value)
-
-    missing = dict(saved, model={"head.weight": saved["model"]["head.weight"]})
-    missing_path = tmp_path / "missing.pth"
-    torch.save(missing, missing_path)
-    with pytest.raises(CheckpointError, match="head.bias"):
-        runner._load_checkpoint(str(missing_path))
-
-    for name, value in trainable_params(runner).items():  # nothing was half-loaded
-        assert torch.equal(value, untouched[name])
-
-
-class _RunsCodeWhenUnpickled:
-    marker = None
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_checkpoint_loading_is_weights_only(tmp_path):
-    _RunsCodeWhenUnpickled.marker = str(tmp_path / "code_ran")
-    path = tmp_path / "evil.pth"
-    torch.save({"model": {}, "payload": _RunsCodeWhenUnpickled()}, path)
-    with pytest.raises(CheckpointError, match="Refusing to load"):
-        read_checkpoint(str(path))
-    assert not os.path.exists(_RunsCodeWhenUnpickled.marker)
-
-
 def test_relative_output_dir_is_under_cwd(tmp_path, monkeypatch, fresh_registry_paths):
     monkeypatch.chdir(tmp_path)
     runner = build_runner(write_config(tmp_path, "relative/out"), "rel")
@@ -217,22 +74,6 @@ def test_relative_output_dir_is_under_cwd(tmp_path, monkeypatch, fresh_registry_
     assert (runner.output_dir / "result").is_dir()
     assert registry.get_path("output_dir") == str(tmp_path / "relative" / "out" / "rel")
     assert registry.get_path("result_dir") == str(tmp_path / "relative" / "out" / "rel" / "result")
-
-
-def test_iteration_runner_saves_trainable_only_and_resumes(tmp_path, fresh_registry_paths):
-    cfg_path = write_config(tmp_path, tmp_path / "out", runner="icl_runner_iter")
-    runner = build_runner(cfg_path, "iters", "run.valid_splits=[]", "run.test_splits=[]")
-    runner.train()
-    # only the latest inner epoch's checkpoint is kept
-    assert sorted(os.listdir(tmp_path / "out" / "iters")) == ["checkpoint_12.pth", "log.txt", "result"]
-    checkpoint_path = str(tmp_path / "out" / "iters" / "checkpoint_12.pth")
-    saved = read_checkpoint(checkpoint_path)
-    assert set(saved["model"]) == TRAINABLE and saved["iters"] == 12  # LAVIS saved everything
-
-    resumed = build_runner(cfg_path, "iters2", "run.valid_splits=[]", "run.test_splits=[]")
-    resumed._load_checkpoint(checkpoint_path)
-    assert resumed.start_iters == 12  # next iteration to run (LAVIS's: 13)
-    assert resumed.train_loader.epoch == 12 // len(resumed.train_loader)
 
 
 class _EpochRecordingDataset(torch.utils.data.Dataset):
@@ -280,37 +121,55 @@ def test_epoch_aware_loader_rejects_empty_epoch():
         next(loader)
 
 
-# ---------------------------------------------------------------------------------------------
+# --- skipped media (skip_bad_media, runner side) ---------------------------------------------
 
 
-def _subprocess_env(**extra):
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join([REPO_ROOT, TESTS_DIR, env.get("PYTHONPATH", "")]),
-        LAVIS_MMICT_EXTRA_IMPORTS="_toy_plugin",
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONWARNINGS="ignore",
+def test_skipped_media_are_counted_logged_and_never_reach_the_model(
+    tmp_path, monkeypatch, caplog, fresh_registry_paths
+):
+    seen_keys = tmp_path / "seen_keys.jsonl"
+    monkeypatch.setenv("TOY_SEEN_KEYS_FILE", str(seen_keys))
+    runner = build_runner(
+        write_config(tmp_path, tmp_path / "out"), "skips",
+        "datasets._toy_builder.build_info.skipped_media_every=3",  # train + val batches report skips
     )
-    env.update(extra)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
+    with caplog.at_level(logging.INFO):
+        runner.train()
+
+    records = read_log(tmp_path / "out" / "skips")
+    train_logs = [r for r in records if "train_loss" in r]
+    # 32 train items, batches of 4, all used: indices 0, 3, ..., 30 are "skipped" -> 11 per epoch
+    assert [r["train_num_skipped_media"] for r in train_logs] == [11, 11]
+    # 13 val items: 0, 3, 6, 9, 12; the test split does not report skips: no entry
+    assert [r["val_num_skipped_media"] for r in records if "val_agg_metrics" in r] == [5, 5]
+    assert not any("test_num_skipped_media" in r for r in records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "skipped 11 bad media items in epoch 0" in messages
+    assert "skipped 11 bad media items in epoch 1" in messages
+
+    forward_keys = [json.loads(line) for line in seen_keys.read_text().splitlines()]
+    assert len(forward_keys) == 16  # every training step went through the model ...
+    assert not any("num_skipped_media" in keys for keys in forward_keys)  # ... without the key
 
 
-def _run(command, env, cwd):
-    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+def test_no_skipped_media_entry_without_the_key(tmp_path, fresh_registry_paths):
+    runner = build_runner(write_config(tmp_path, tmp_path / "out"), "plain", "run.test_splits=[]")
+    runner.train()
+    assert not any(
+        k.endswith("num_skipped_media") for r in read_log(tmp_path / "out" / "plain") for k in r
+    )
 
 
+# --- 2 processes: torchrun and gloo ------------------------------------------------------------
+
+
+@pytest.mark.slow
 def test_two_process_torchrun_train_then_evaluate(tmp_path):
     dump_dir = tmp_path / "dumps"
     dump_dir.mkdir()
     cfg_path = write_config(tmp_path, "out")  # relative: under the subprocess's cwd
-    env = _subprocess_env(TOY_PARAM_DUMP_DIR=str(dump_dir), TOY_SKEW_JOB_ID="1")
-    _run(
+    env = subprocess_env(TOY_PARAM_DUMP_DIR=str(dump_dir), TOY_SKEW_JOB_ID="1")
+    run_ok(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          os.path.join(REPO_ROOT, "train.py"), "--cfg-path", str(cfg_path)],
         env, cwd=tmp_path,
@@ -342,11 +201,11 @@ def test_two_process_torchrun_train_then_evaluate(tmp_path):
             assert torch.equal(rank0["params"][name], rank1["params"][name]), (call, name)
 
     # evaluate.py, one plain process, on the best checkpoint
-    _run(
+    run_ok(
         [sys.executable, os.path.join(REPO_ROOT, "evaluate.py"), "--cfg-path", str(cfg_path),
          "--options", "run.output_dir=eval_out", "run.job_id=eval",
          f"run.eval_ckpt_path={output_dir / 'checkpoint_best.pth'}"],
-        _subprocess_env(), cwd=tmp_path,
+        subprocess_env(), cwd=tmp_path,
     )
     eval_records = read_log(tmp_path / "eval_out" / "eval")
     test_logs = [r for r in eval_records if "test_agg_metrics" in r]

@@ -50,6 +50,7 @@ def test_report_files(tmp_path):
         read_sweep_rows(str(tmp_path / "bad.json"))
 
 
+@pytest.mark.slow
 def test_evaluate_shot_sweep_end_to_end(tmp_path):
     """evaluate.py --shots 0 2 --demo-formats mmict none: K demos really reach the model."""
     output_dir = tmp_path / "out"

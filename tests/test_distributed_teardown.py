@@ -6,11 +6,15 @@ import subprocess
 import sys
 import time
 
-from _hardening import TRAIN_PY, subprocess_env, torchrun_command
-from test_runners import write_config
+import pytest
+
+from _jobs import write_config
+from _subprocesses import TRAIN_PY, subprocess_env, torchrun_command
 
 FAIL_RANK1_MID_EPOCH = "1:0:2"  # rank 1 raises in epoch 0, step 2 of 4 (rank 0 is mid-allreduce)
 MAX_EXIT_S = 60
+
+pytestmark = pytest.mark.slow  # every test here runs torchrun or two train.py processes
 
 
 def test_torchrun_exits_nonzero_soon_after_one_rank_fails(tmp_path):

@@ -1,11 +1,16 @@
 """No network: importing lavis_mmict and a tiny MMICT training run (tiny model, generated data,
-one process) make no connection attempt and no DNS lookup, even without HF_HUB_OFFLINE.
-The 2-process runs of test_hardening_resume.py run under the same guard with loopback allowed."""
+one process) make no connection attempt and no DNS lookup, even without HF_HUB_OFFLINE; real
+weights missing offline stop train.py naming the config key. The 2-process runs of
+test_resume.py run under the same guard with loopback allowed."""
 import subprocess
 import sys
 
-from _hardening import TRAIN_PY, no_network_attempts, subprocess_env
-from test_hardening_inputs import DEMO_CFG
+import pytest
+
+from _jobs import write_config
+from _subprocesses import DEMO_CFG, TRAIN_PY, no_network_attempts, subprocess_env
+
+pytestmark = pytest.mark.slow  # every test here runs a child process
 
 
 def _without_offline_flags(env):
@@ -41,3 +46,25 @@ def test_import_and_tiny_training_run_offline(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
     assert (tmp_path / "out" / "offline" / "checkpoint_best.pth").is_file()
     assert no_network_attempts(log) == []
+
+
+def test_missing_real_weights_offline_names_the_config_key(tmp_path):
+    """A real weights URL (as the eva_clip_g preset has) that is not cached, with HF_HUB_OFFLINE=1:
+    train.py stops at model building, naming the key to set and where the file should be."""
+    cfg_path = write_config(tmp_path, tmp_path / "out")
+    cfg_path.write_text(cfg_path.read_text().replace(
+        "arch: _toy_linear_model\n  model_type: default", "arch: mmict_blip2\n  model_type: tiny"))
+    url = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/not_cached_vit.pth"
+    net_log = tmp_path / "network.log"
+    result = subprocess.run(
+        [sys.executable, TRAIN_PY, "--cfg-path", str(cfg_path), "--options",
+         f"model.vit_weights={url}", "run.job_id=w"],
+        env=subprocess_env(no_network_log=net_log, TORCH_HOME=tmp_path / "torch_home"), cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    # one error (its first line starts "train.py: error:"), listing each missing piece below it
+    message = result.stderr[result.stderr.index("train.py: error:"):]
+    assert "model.vit_weights" in message and "HF_HUB_OFFLINE" in message and "not_cached_vit.pth" in message
+    assert no_network_attempts(net_log) == []

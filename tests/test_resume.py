@@ -1,7 +1,7 @@
-"""Interrupted training: a 2-process run killed with SIGKILL mid-epoch and resumed with
+"""Resuming training: a checkpoint restores the epoch (or iteration), the trainable parameters and
+the optimizer state; a 2-process run killed with SIGKILL mid-epoch and resumed with
 ``run.resume_ckpt_path=auto`` ends with exactly the parameters and optimizer state of an
-uninterrupted run; checkpoints are written atomically, so a kill while saving leaves no corrupt
-checkpoint for auto-resume to pick."""
+uninterrupted run, skipping the partial files a kill while saving leaves."""
 import glob
 import os
 import signal
@@ -11,24 +11,107 @@ import time
 import pytest
 import torch
 
-from _hardening import (
-    REPO_ROOT,
-    no_network_attempts,
-    run_ok,
-    subprocess_env,
-    torchrun_command,
-)
-from lavis_mmict.checkpoints import (
-    CheckpointError,
-    atomic_torch_save,
-    find_latest_checkpoint,
-    read_checkpoint,
-    remove_stale_temp_files,
-)
-from test_runners import TRAINABLE, read_log, write_config
+from _jobs import TRAINABLE, build_runner, read_log, trainable_params, write_config
+from _subprocesses import no_network_attempts, run_ok, subprocess_env, torchrun_command
+from lavis_mmict.checkpoints import CheckpointError, read_checkpoint
 
-# randomness in every part a resume must reproduce: dropout (model), noise augmentation (dataset,
-# global RNG), the sampler's shuffle; plus batches that report skipped media (summed over ranks)
+
+def test_resume_restores_epoch_params_and_optimizer(tmp_path, fresh_registry_paths):
+    cfg_path = write_config(tmp_path, tmp_path / "out")
+    first = build_runner(cfg_path, "first", "run.max_epoch=1", "run.valid_splits=[]", "run.test_splits=[]")
+    first.train()
+    checkpoint_path = str(tmp_path / "out" / "first" / "checkpoint_0.pth")
+    saved = read_checkpoint(checkpoint_path)
+    assert set(saved["model"]) == TRAINABLE and saved["epoch"] == 0
+
+    second = build_runner(cfg_path, "second", "run.resume_ckpt_path=auto", "run.test_splits=[]")
+    assert second.resume_ckpt_path == checkpoint_path  # newest checkpoint under output_dir
+    second._load_checkpoint(second.resume_ckpt_path)
+    assert second.start_epoch == 1
+    for name, value in trainable_params(second).items():
+        assert torch.equal(value, saved["model"][name]), name
+    assert second.optimizer.state_dict()["state"]  # Adam moments restored
+    assert second.train_loader.epoch == 1
+
+    second.train()  # resumes at epoch 1 (loads the same checkpoint again) and trains only that
+    train_dataset = second.datasets["train"].datasets[0]
+    assert train_dataset.epochs == [1]
+    assert [r["val_best_epoch"] for r in read_log(tmp_path / "out" / "second") if "val_agg_metrics" in r]
+
+
+def test_resume_refuses_mismatched_checkpoint(tmp_path, fresh_registry_paths):
+    cfg_path = write_config(tmp_path, tmp_path / "out")
+    first = build_runner(cfg_path, "first", "run.max_epoch=1", "run.valid_splits=[]", "run.test_splits=[]")
+    first.train()
+    saved = read_checkpoint(str(tmp_path / "out" / "first" / "checkpoint_0.pth"))
+
+    runner = build_runner(cfg_path, "second")
+    untouched = trainable_params(runner)
+
+    unexpected = dict(saved, model=dict(saved["model"], **{"bogus.weight": torch.zeros(2)}))
+    bad_path = tmp_path / "unexpected.pth"
+    torch.save(unexpected, bad_path)
+    with pytest.raises(CheckpointError) as excinfo:
+        runner._load_checkpoint(str(bad_path))
+    assert str(bad_path) in str(excinfo.value) and "bogus.weight" in str(excinfo.value)
+
+    missing = dict(saved, model={"head.weight": saved["model"]["head.weight"]})
+    missing_path = tmp_path / "missing.pth"
+    torch.save(missing, missing_path)
+    with pytest.raises(CheckpointError, match="head.bias"):
+        runner._load_checkpoint(str(missing_path))
+
+    for name, value in trainable_params(runner).items():  # nothing was half-loaded
+        assert torch.equal(value, untouched[name])
+
+
+def test_iteration_runner_saves_trainable_only_and_resumes(tmp_path, fresh_registry_paths):
+    cfg_path = write_config(tmp_path, tmp_path / "out", runner="icl_runner_iter")
+    runner = build_runner(cfg_path, "iters", "run.valid_splits=[]", "run.test_splits=[]")
+    runner.train()
+    # only the latest inner epoch's checkpoint is kept
+    assert sorted(os.listdir(tmp_path / "out" / "iters")) == ["checkpoint_12.pth", "log.txt", "result"]
+    checkpoint_path = str(tmp_path / "out" / "iters" / "checkpoint_12.pth")
+    saved = read_checkpoint(checkpoint_path)
+    assert set(saved["model"]) == TRAINABLE and saved["iters"] == 12  # LAVIS saved everything
+
+    resumed = build_runner(cfg_path, "iters2", "run.valid_splits=[]", "run.test_splits=[]")
+    resumed._load_checkpoint(checkpoint_path)
+    assert resumed.start_iters == 12  # next iteration to run (LAVIS's: 13)
+    assert resumed.train_loader.epoch == 12 // len(resumed.train_loader)
+
+
+def test_iteration_runner_resumes_mid_data_epoch_exactly(tmp_path, monkeypatch, fresh_registry_paths):
+    """Inner epochs of 6 iterations over 8 batches per data epoch: the checkpoint at iteration 6
+    sits mid-data-epoch; the resumed run continues with batch 7 of that epoch, not batch 1."""
+    import _toy_plugin
+
+    cfg_path = write_config(tmp_path, tmp_path / "out", runner="icl_runner_iter")
+    options = ["run.valid_splits=[]", "run.test_splits=[]", "model.dropout=0.3",
+               "datasets._toy_builder.build_info.augment_noise=0.5"]
+
+    def run(job_id, *extra):
+        torch.manual_seed(0)  # the same frozen initialisation, as train.py's setup_seeds gives
+        runner = build_runner(cfg_path, job_id, *options, *extra)
+        runner.train()
+        return runner
+
+    full = trainable_params(run("full"))  # 12 iterations
+    monkeypatch.setenv("TOY_FAIL_AT", "0:1:0")  # dies at the first step of inner epoch 1
+    with pytest.raises(_toy_plugin.ToyFailure):
+        run("interrupted")
+    monkeypatch.delenv("TOY_FAIL_AT")
+    checkpoint = str(tmp_path / "out" / "interrupted" / "checkpoint_6.pth")
+    assert read_checkpoint(checkpoint)["loader_states"] == [[{"epoch": 0, "position": 6}]]
+    resumed = run("resumed", f"run.resume_ckpt_path={checkpoint}")
+    assert resumed.train_loader.state == {"epoch": 1, "position": 4}  # 12 = 8 + 4 batches drawn
+    for name, value in trainable_params(resumed).items():
+        assert torch.equal(value, full[name]), name
+
+
+# --- killed mid-epoch, 2 processes ------------------------------------------------------------
+
+
 RANDOM_TRAINING = [
     "run.max_epoch=3", "run.test_splits=[]", "model.dropout=0.3",
     "datasets._toy_builder.build_info.augment_noise=0.5",
@@ -64,6 +147,7 @@ def _gone(pid, timeout=20):
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_auto_resume_equals_uninterrupted_run(tmp_path):
     cfg_path = write_config(tmp_path, "unused")
     net_log = tmp_path / "network_attempts.log"
@@ -137,80 +221,3 @@ def test_sigkill_mid_epoch_then_auto_resume_equals_uninterrupted_run(tmp_path):
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(resumed_optimizer["state"][index][key])), key
     # nothing in either run reached for the network (loopback is allowed for the process group)
     assert no_network_attempts(net_log) == []
-
-
-def _save_then_die(path, where):
-    """In a forked child: save epoch 0, then die by SIGKILL while saving epoch 1 at ``where``."""
-    pid = os.fork()
-    if pid:
-        return os.waitpid(pid, 0)[1]
-    try:
-        atomic_torch_save({"model": {"w": torch.zeros(3)}, "epoch": 0}, path)
-        die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
-        if where == "mid_write":
-            def half_save(obj, f):
-                f.write(b"PK\x03\x04 the first bytes of a zip archive")
-                f.flush()
-                die()
-            torch.save = half_save
-        else:
-            os.replace = die
-        atomic_torch_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
-    finally:
-        os._exit(0)  # only reached if the kill did not happen: the test then fails
-
-
-@pytest.mark.parametrize("where", ["mid_write", "before_rename"])
-def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path, where):
-    job_dir = tmp_path / "out" / "job"
-    job_dir.mkdir(parents=True)
-    path = job_dir / "checkpoint_0.pth"
-    status = _save_then_die(str(path), where)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-
-    (temp_file,) = glob.glob(str(job_dir / ".checkpoint_0.pth.*.tmp"))  # what the kill left
-    assert read_checkpoint(str(path))["epoch"] == 0  # the previous complete checkpoint, intact
-    assert find_latest_checkpoint(tmp_path / "out", readable=True) == str(path)
-    if where == "mid_write":
-        with pytest.raises(CheckpointError, match="corrupt"):
-            read_checkpoint(temp_file)
-    remove_stale_temp_files(job_dir)  # the runner does this before its next save
-    assert not os.path.exists(temp_file) and path.exists()
-
-
-def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    path = tmp_path / "checkpoint_3.pth"
-    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 3}, path)
-    path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(CheckpointError, match=str(path)):
-        read_checkpoint(str(path))
-    assert find_latest_checkpoint(tmp_path.parent, readable=True) is None
-
-
-def test_iteration_runner_resumes_mid_data_epoch_exactly(tmp_path, monkeypatch, fresh_registry_paths):
-    """Inner epochs of 6 iterations over 8 batches per data epoch: the checkpoint at iteration 6
-    sits mid-data-epoch; the resumed run continues with batch 7 of that epoch, not batch 1."""
-    import _toy_plugin
-    from test_runners import build_runner, trainable_params
-
-    cfg_path = write_config(tmp_path, tmp_path / "out", runner="icl_runner_iter")
-    options = ["run.valid_splits=[]", "run.test_splits=[]", "model.dropout=0.3",
-               "datasets._toy_builder.build_info.augment_noise=0.5"]
-
-    def run(job_id, *extra):
-        torch.manual_seed(0)  # the same frozen initialisation, as train.py's setup_seeds gives
-        runner = build_runner(cfg_path, job_id, *options, *extra)
-        runner.train()
-        return runner
-
-    full = trainable_params(run("full"))  # 12 iterations
-    monkeypatch.setenv("TOY_FAIL_AT", "0:1:0")  # dies at the first step of inner epoch 1
-    with pytest.raises(_toy_plugin.ToyFailure):
-        run("interrupted")
-    monkeypatch.delenv("TOY_FAIL_AT")
-    checkpoint = str(tmp_path / "out" / "interrupted" / "checkpoint_6.pth")
-    assert read_checkpoint(checkpoint)["loader_states"] == [[{"epoch": 0, "position": 6}]]
-    resumed = run("resumed", f"run.resume_ckpt_path={checkpoint}")
-    assert resumed.train_loader.state == {"epoch": 1, "position": 4}  # 12 = 8 + 4 batches drawn
-    for name, value in trainable_params(resumed).items():
-        assert torch.equal(value, full[name]), name

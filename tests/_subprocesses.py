@@ -1,4 +1,5 @@
-"""Helpers shared by the tests/test_hardening_*.py files (subprocess runs of train.py)."""
+"""train.py, evaluate.py or a torchrun job in a child process: its environment, its command, a
+check that it succeeded, and what the no-network guard logged. Tests using these are marked slow."""
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(REPO_ROOT, "tests")
 NO_NETWORK_DIR = os.path.join(TESTS_DIR, "_no_network")  # holds the guard's sitecustomize.py
 TRAIN_PY = os.path.join(REPO_ROOT, "train.py")
+DEMO_CFG = os.path.join(REPO_ROOT, "projects", "mmict", "demo.yaml")
 
 
 def subprocess_env(extra_imports="_toy_plugin", no_network_log=None, allow_loopback=False, **extra):
@@ -45,6 +47,14 @@ def run_ok(command, env, cwd, timeout=300):
     result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+def torchrun(script, cfg, options, env_extra=None, nproc=2):
+    """``script`` (train.py, evaluate.py: relative to the repository root, which is the working
+    directory) under torchrun with ``nproc`` processes, offline; asserts that it succeeded."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env_extra or {}))
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, TESTS_DIR, env.get("PYTHONPATH", "")])
+    return run_ok(torchrun_command(cfg, *options, nproc=nproc, script=script), env, cwd=REPO_ROOT, timeout=600)
 
 
 def no_network_attempts(log_path):
