@@ -75,8 +75,7 @@ def test_fused_tokens_have_the_demo_text_length_and_raw_demos_carry_visual_token
     fused = build(demo_bank={"enabled": False})
     with torch.no_grad():
         encoded = fused.encode(batch)
-    embeds, token_mask, demo_mask, separator = (encoded.demo_embeds, encoded.demo_token_mask,
-                                                encoded.demo_mask, encoded.separator)
+    token_mask, separator = encoded.demo_token_mask, encoded.separator
     assert torch.equal(separator, fused.separator_embed)
     for b, texts in enumerate(batch["demo_text"]):
         expected = [n if real else 0 for n, real in zip(text_lengths(fused, texts), batch["demo_mask"][b])]

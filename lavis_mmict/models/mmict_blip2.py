@@ -272,6 +272,12 @@ class MMICTBlip2(Blip2ICLModel):
         ).to(self.device)
         return self.embed_tokens(tokens.input_ids), tokens.attention_mask.bool()
 
+    def query_only_outputs(self, image, queries):
+        """M-Hub query outputs (B, Nq, H) of the queries' clips with their questions, no demo."""
+        visible = torch.ones(image.shape[0], dtype=torch.bool, device=self.device)
+        query_out, _, _ = self.run_mhub(self.encode_frames(image), queries, visible)
+        return query_out
+
     def encode(self, samples) -> EncodedBatch:
         """One ViT call and one M-Hub call over every query and every real demonstration that the
         demo format sends through them; absent demos (``demo_mask`` False) are never computed."""
@@ -283,10 +289,7 @@ class MMICTBlip2(Blip2ICLModel):
         queries = list(samples["text_input"]) if not isinstance(samples["text_input"], str) else [samples["text_input"]]
         demos = self.real_demos(samples)
         if demos is None:
-            frames = self.encode_frames(image)
-            visible = torch.ones(batch, dtype=torch.bool, device=self.device)
-            query_out, _, _ = self.run_mhub(frames, queries, visible)
-            return EncodedBatch(self.llm_proj(query_out))
+            return EncodedBatch(self.llm_proj(self.query_only_outputs(image, queries)))
 
         if self.demo_format in ("mmict", "vanilla_ict"):
             # Demo clips carry cache keys from the dataset ("" = not cacheable); queries never do
@@ -302,8 +305,7 @@ class MMICTBlip2(Blip2ICLModel):
             qformer_texts = queries + (demos.texts if self.demo_format == "mmict" else [""] * len(demos.texts))
             query_out, text_out, text_mask = self.run_mhub(frames, qformer_texts, visible)
         else:
-            visible = torch.ones(batch, dtype=torch.bool, device=self.device)
-            query_out, _, _ = self.run_mhub(self.encode_frames(image), queries, visible)
+            query_out = self.query_only_outputs(image, queries)
 
         if self.demo_format == "mmict":
             real_embeds, real_mask = self.llm_proj(text_out[batch:]), text_mask[batch:]
