@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
-from lavis_mmict.models.tensor_store import TensorStore
+from lavis_mmict.models.tensor_store import TensorStore, tensor_bytes
 
 BANK_FORMAT = "aim_demo_bank/1"
 # Elements of each tensor hashed into the fingerprint: enough to see any real change of weights
@@ -30,17 +30,11 @@ BANK_FORMAT = "aim_demo_bank/1"
 FINGERPRINT_SAMPLES = 4096
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """Exact bytes of a tensor (any dtype, incl. bfloat16) on the CPU."""
-    flat = tensor.detach().contiguous().reshape(-1).cpu()
-    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-
-
 def demo_content_key(pixels: torch.Tensor, text: str) -> str:
     """sha256 of a demonstration's processed pixels (values, shape, dtype) and its text."""
     digest = hashlib.sha256()
     digest.update(str((tuple(pixels.shape), str(pixels.dtype))).encode())
-    digest.update(_tensor_bytes(pixels))
+    digest.update(tensor_bytes(pixels))
     digest.update(b"\x00text\x00")
     digest.update(text.encode("utf-8"))
     return digest.hexdigest()
@@ -61,7 +55,7 @@ def module_fingerprint(named_tensors: Iterable, extra: Sequence = ()) -> str:
             index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES, device=flat.device).long()
             flat = flat[index]
         digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
-        digest.update(_tensor_bytes(flat))
+        digest.update(tensor_bytes(flat))
     return digest.hexdigest()
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from lavis_mmict.models.tensor_store import TensorStore
+from lavis_mmict.models.tensor_store import TensorStore, tensor_bytes
 
 CACHE_MODES = ("none", "memory", "disk")
 CACHE_FORMAT_VERSION = 1
@@ -39,9 +39,8 @@ def weights_digest(module: torch.nn.Module) -> str:
     """A digest of every parameter and buffer of ``module`` (names, dtypes, shapes, bytes)."""
     hasher = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
         hasher.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        hasher.update(tensor_bytes(tensor))
     return hasher.hexdigest()
 
 

@@ -25,6 +25,12 @@ from lavis_mmict.atomic import atomic_output
 TENSOR_NAME = "features"  # the one tensor of each file
 
 
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """Exact bytes of a tensor (any dtype, incl. bfloat16) on the CPU: what keys and fingerprints hash."""
+    flat = tensor.detach().contiguous().reshape(-1).cpu()
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
 class TensorStore:
     """CPU tensors by (fingerprint, key); see the module docstring.
 
