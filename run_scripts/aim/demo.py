@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from lavis_mmict.demo_runs import newest_log, read_metrics, torchrun
+from lavis_mmict.demo_runs import accuracy_types, newest_log, percent_cell, print_table, read_metrics, torchrun
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARDS = "output/cache/aim_web_shards"
@@ -89,7 +89,7 @@ def main():
         if mode == "fused":
             options.append(f"run.eval_ckpt_path={aim_checkpoint}")
         torchrun("evaluate.py", "projects/aim/demo_eval.yaml", options)
-        log_path, metrics = read_metrics("output/aim_demo/eval")
+        _, metrics = read_metrics("output/aim_demo/eval")
         rows.append((mode, metrics, time.time() - start))
 
     positions = llm_positions_per_demo()
@@ -97,15 +97,13 @@ def main():
           "2 CPU processes")
     print(f"base: {base_checkpoint} (train loss {final_train_loss(base_job)}, {timings['base']:.0f} s); "
           f"AIM projection: {aim_checkpoint} (train loss {final_train_loss(aim_job)}, {timings['aim']:.0f} s)")
-    types = sorted({k[len("test_acc_"):] for _, m, _ in rows for k in m if k.startswith("test_acc_")})
+    types = accuracy_types(metrics for _, metrics, _ in rows)
     header = ["demo_format", "test acc"] + [f"test {t}" for t in types] + ["LLM positions / demo", "eval time"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for mode, metrics, seconds in rows:
-        cells = [mode, f"{metrics.get('test_agg_metrics', float('nan')):.1f}"]
-        cells += [f"{metrics.get('test_acc_' + t, float('nan')):.1f}" for t in types]
-        cells += [f"{positions[mode]:.1f}", f"{seconds:.0f} s"]
-        print("| " + " | ".join(cells) + " |")
+    print_table(header, [
+        [mode, percent_cell(metrics, "test_agg_metrics")] + [percent_cell(metrics, f"test_acc_{t}") for t in types]
+        + [f"{positions[mode]:.1f}", f"{seconds:.0f} s"]
+        for mode, metrics, seconds in rows
+    ])
 
 
 if __name__ == "__main__":
