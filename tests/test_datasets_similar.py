@@ -36,20 +36,71 @@ def test_similar_sampler_returns_the_k_nearest_most_similar_last_never_the_query
     assert sampler.sample(0, epoch=4) == sampler.sample(0)  # deterministic in training too
 
 
-def test_similar_sampler_keeps_records_of_one_source_together_and_skips_invalid_sources():
-    pool = qa_records(["a.jpg", "a.jpg", "b.jpg", "c.jpg"])
-    queries = qa_records(["q.jpg"])
-    queries[0]["question_id"] = 99
-    pool_features = unit(np.array([0.2, 0.1, 1.0]))  # sources a (records 0, 1), b (2), c (3)
-    sampler = build_demo_sampler({"num": 2, "strategy": "similar", "pool": "train"}, queries, pool, False, "x",
-                                 query_features=unit(np.array([0.0])), pool_features=pool_features,
-                                 query_sources=[0], pool_sources=[0, 0, 1, 2])
-    assert sampler.sample(0) == [0, 2]  # b (0.1) is nearest: last; then a's first record
-    invalid_b = build_demo_sampler({"num": 2, "strategy": "similar", "pool": "train"}, queries, pool, False, "x",
-                                   query_features=unit(np.array([0.0])), pool_features=pool_features,
-                                   query_sources=[0], pool_sources=[0, 0, 1, 2],
-                                   pool_valid=[True, False, True])
-    assert invalid_b.sample(0) == [1, 0]  # unreadable b is never chosen: both records of a
+def circle_sampler(pool_angles, pool_sources, query_angles, query_sources, queries, pool, same_split, num=3,
+                   seed=42, **extra):
+    return build_demo_sampler({"num": num, "strategy": "similar", "pool": "self" if same_split else "train",
+                               "seed": seed}, queries, pool, same_split, "x",
+                              query_features=unit(np.asarray(query_angles)), pool_features=unit(np.asarray(pool_angles)),
+                              query_sources=query_sources, pool_sources=pool_sources, **extra)
+
+
+def test_similar_takes_one_record_of_each_of_the_k_nearest_other_sources():
+    """pool: self with 4 annotations per clip: never the query's clip, K distinct clips, the nearest."""
+    angles = np.array([0.0, 0.1, 0.25, 1.0, 2.0, 2.9])
+    records = qa_records([f"s{clip}.jpg" for clip in range(6) for _ in range(4)])
+    rows = np.repeat(np.arange(6), 4)
+    sampler = circle_sampler(angles, rows, angles, rows, records, records, True)
+    for query in range(len(records)):
+        demos = sampler.sample(query)
+        clips = [int(rows[d]) for d in demos]
+        assert rows[query] not in clips  # no other annotation of the query's own clip
+        assert len(set(clips)) == 3  # K distinct clips
+        distance = np.abs(angles - angles[rows[query]])
+        distance[rows[query]] = np.inf
+        assert clips == np.argsort(distance, kind="stable")[:3][::-1].tolist()  # the nearest, nearest last
+    assert [sampler.sample(q) for q in range(24)] == [sampler.sample(q) for q in range(24)]
+    again = circle_sampler(angles, rows, angles, rows, records, records, True)
+    assert [again.sample(q) for q in range(24)] == [sampler.sample(q) for q in range(24)]  # seeded
+    # the record of a clip is a seeded draw among its annotations (not always the first one)
+    assert len({d % 4 for q in range(24) for d in sampler.sample(q)}) > 1
+    other_seed = circle_sampler(angles, rows, angles, rows, records, records, True, seed=7)
+    assert [other_seed.sample(q) for q in range(24)] != [sampler.sample(q) for q in range(24)]
+    assert [rows[other_seed.sample(q)].tolist() for q in range(24)] == [rows[sampler.sample(q)].tolist() for q in range(24)]
+    with pytest.raises(ValueError, match=r"num = 6 but query 0 has only 5 candidate clips/images"):
+        circle_sampler(angles, rows, angles, rows, records, records, True, num=6)
+
+
+def test_similar_from_another_split_excludes_the_querys_clip_and_unreadable_sources():
+    pool = qa_records(["a.jpg", "a.jpg", "b.jpg", "c.jpg", "q.jpg"])
+    queries = qa_records(["q.jpg"], first_id=99)
+    pool_angles = np.array([0.2, 0.1, 1.0, 0.0])  # sources a (records 0, 1), b (2), c (3), q itself (4)
+    sampler = circle_sampler(pool_angles, [0, 0, 1, 2, 3], [0.0], [0], queries, pool, False, num=2)
+    demos = sampler.sample(0)
+    assert demos[1] == 2 and demos[0] in (0, 1)  # b (0.1) nearest, last; then one record of a; never q
+    invalid_b = circle_sampler(pool_angles, [0, 0, 1, 2, 3], [0.0], [0], queries, pool, False, num=2,
+                               pool_valid=[True, False, True, True])
+    assert invalid_b.sample(0)[0] == 3 and invalid_b.sample(0)[1] in (0, 1)  # a, then c; not b
+
+
+def test_nearest_sources_is_the_stable_brute_force_ranking():
+    rng = np.random.default_rng(0)
+    pool = rng.normal(size=(40, 6)).astype(np.float32)
+    pool[20:30] = pool[0]  # ties: equal similarity, the lower row first
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    queries = np.concatenate([pool[:25], -pool[:5]])
+    excluded = np.concatenate([np.arange(25), np.full(5, -1)])
+    valid = np.ones(40, dtype=bool)
+    valid[[3, 7]] = False
+    for top in (1, 5, 12, 40):
+        ranked, count = similarity.nearest_sources(queries, pool, top, excluded, valid, chunk_elements=200)
+        for q in range(len(queries)):
+            sims = (pool @ queries[q]).astype(np.float64)
+            sims[~valid] = -np.inf
+            if excluded[q] >= 0:
+                sims[excluded[q]] = -np.inf
+            expected = np.argsort(-sims, kind="stable")[:top]
+            assert count[q] == min(top, np.isfinite(sims).sum())
+            assert ranked[q, :count[q]].tolist() == expected[:count[q]].tolist()
 
 
 # --- end to end on images built so the nearest neighbour is known ---------------------------

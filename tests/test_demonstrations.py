@@ -1,4 +1,6 @@
 """Demonstration samplers: never the query, seeded, same_source semantics, clear config errors."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -6,7 +8,9 @@ from lavis_mmict.datasets.demonstrations import (
     DemonstrationConfig,
     build_demo_sampler,
     format_demo_text,
+    is_transductive,
 )
+from lavis_mmict.errors import ConfigError
 
 
 def make_records(num_clips, per_clip, first_id=0, prefix="clip"):
@@ -164,7 +168,7 @@ def test_num_min_varies_k_in_training_only_and_keeps_a_subset_of_the_fixed_k_dra
 
 def test_num_min_keeps_the_most_similar_demos_of_similar():
     """`similar` puts the most similar last; a shorter training draw keeps those."""
-    from lavis_mmict.datasets.demonstrations import SimilarDemoSampler
+    from lavis_mmict.datasets.similar_sampler import SimilarDemoSampler
 
     records = make_records(num_clips=20, per_clip=1)
     features = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
@@ -183,3 +187,55 @@ def test_num_min_keeps_the_most_similar_demos_of_similar():
 def test_num_min_outside_zero_to_num_is_a_clear_error(num_min):
     with pytest.raises(ValueError, match=r"demonstrations.num_min must be an integer in \[0, num = 3\]"):
         config(num_min=num_min)
+
+
+def _unit_features(count, seed=0):
+    features = np.random.default_rng(seed).normal(size=(count, 8)).astype(np.float32)
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("strategy", ["random", "same_source", "similar"])
+def test_demo_sets_are_nested_in_k_with_the_same_seed(strategy):
+    """A shot sweep's K - 1 demos are the last K - 1 of its K demos (same seed), for every query."""
+    records = make_records(num_clips=30, per_clip=3)
+    extra = {}
+    if strategy == "similar":
+        rows = np.repeat(np.arange(30), 3)
+        extra = dict(query_features=_unit_features(30), pool_features=_unit_features(30),
+                     query_sources=rows, pool_sources=rows)
+    draws = {}
+    for k in range(1, 7):
+        sampler = build_demo_sampler(config(strategy=strategy, num=k, fallback="random"), records, records,
+                                     True, "toy/test", evaluation=True, **extra)
+        draws[k] = [sampler.sample(q) for q in range(len(records))]
+    for k in range(2, 7):
+        assert all(len(demos) == k for demos in draws[k])
+        assert [demos[1:] for demos in draws[k]] == draws[k - 1]
+
+
+def test_same_source_short_of_k_for_most_evaluation_queries_is_an_error_naming_strategy_and_pool():
+    pool = make_records(num_clips=10, per_clip=3)
+    queries = make_records(num_clips=4, per_clip=2, first_id=500, prefix="val_clip")  # clips not in train
+    queries += [dict(r, question_id=900 + i) for i, r in enumerate(pool[:3])]  # 3 of 11 have siblings
+    with pytest.raises(ConfigError, match=r"toy/val: 8 of 11 evaluation queries .* strategy `same_source` "
+                                          r"and pool `train`"):
+        build_demo_sampler(config(strategy="same_source", pool="train"), queries, pool, False, "toy/val",
+                           evaluation=True)
+    # training keeps the warning; fallback: random fills the slots; a minority short of K is fine
+    build_demo_sampler(config(strategy="same_source", pool="train"), queries, pool, False, "toy/val")
+    build_demo_sampler(config(strategy="same_source", pool="train", fallback="random"), queries, pool, False,
+                       "toy/val", evaluation=True)
+    build_demo_sampler(config(strategy="same_source", pool="train"), queries[-3:] + queries[:1], pool, False,
+                       "toy/val", evaluation=True)
+
+
+def test_pool_self_in_an_evaluation_split_is_transductive():
+    records = make_records(num_clips=5, per_clip=2)
+    evaluation_self = build_demo_sampler(config(), records, records, True, evaluation=True)
+    assert is_transductive(SimpleNamespace(demo_sampler=evaluation_self))
+    assert not is_transductive(SimpleNamespace(demo_sampler=build_demo_sampler(config(), records, records, True)))
+    other_pool = build_demo_sampler(config(pool="train"), records, make_records(5, 2, 100), False, evaluation=True)
+    assert not is_transductive(SimpleNamespace(demo_sampler=other_pool))
+    no_demos = build_demo_sampler(config(num=0), records, records, True, evaluation=True)
+    assert not is_transductive(SimpleNamespace(demo_sampler=no_demos))
+    assert not is_transductive(SimpleNamespace())

@@ -7,10 +7,10 @@ from lavis_mmict.datasets.demonstrations import (  # noqa: F401
     DemoSampler,
     RandomDemoSampler,
     SameSourceDemoSampler,
-    SimilarDemoSampler,
     build_demo_sampler,
     format_demo_text,
 )
+from lavis_mmict.datasets.similar_sampler import SimilarDemoSampler  # noqa: F401
 from lavis_mmict.datasets.media import MediaError, load_image, load_video_frames, load_visual  # noqa: F401
 from lavis_mmict.datasets.records import MediaRecordDataset, load_annotations  # noqa: F401
 from lavis_mmict.datasets.icl_dataset import ICLDataset, collate_icl_samples  # noqa: F401

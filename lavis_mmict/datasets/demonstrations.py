@@ -7,6 +7,9 @@ Guarantees (every strategy):
 - deterministic: the same (seed, epoch, query index) always gives the same demos, with a fresh
   ``numpy.random.Generator`` per call (no global RNG state, safe in DataLoader workers);
 - ``epoch=None`` means evaluation: demos are fixed per query; training epochs redraw them;
+- nested in K: with the same seed, the demos drawn for K - 1 are the last K - 1 (in order) of those
+  drawn for K, so a shot sweep measures K, not the draw (demos are drawn one after another and the
+  first drawn sits next to the query; ``num_min`` keeps the last ones the same way);
 - the query itself is never returned: when the pool is the query's own split its own index is
   excluded; when the pool is another split, pool records with the query's ``question_id`` are
   excluded too (defensive; ``instance_id`` is not used because LAVIS numbers instances per split,
@@ -16,11 +19,17 @@ Strategies:
 - ``random``: K distinct pool records; K larger than the pool (minus the query) is an error.
 - ``same_source``: K other annotations of the query's clip/image (one-to-many). A clip with fewer
   than K others gives all of them; ``fallback: random`` fills the missing slots with random pool
-  records instead. Queries with no sibling at all (e.g. val queries with ``pool: train``) are
-  counted and reported in one warning per split.
-- ``similar``: the K pool records whose clips/images are nearest to the query's by cosine
-  similarity of frozen visual features (RICES); deterministic (the same in every epoch), most
-  similar last, i.e. next to the query. Features: see similarity.py.
+  records instead. Queries with no sibling at all are counted and reported in one warning per
+  split; in an evaluation split, more than half of the queries getting fewer than K demos (e.g.
+  val queries with ``pool: train``) is an error naming the strategy and pool.
+- ``similar``: one record of each of the K pool clips/images (sources) nearest to the query's by
+  cosine similarity of frozen visual features (RICES), most similar last, i.e. next to the query.
+  Every record of the query's own source is excluded (its other annotations are near-copies of the
+  target); the sources are fixed, the record of a source with several is a seeded draw (redrawn
+  per training epoch). See similar_sampler.py and similarity.py (features, ranking).
+
+An evaluation split whose pool is the split itself (``pool: self``) is transductive: the
+demonstrations are evaluation data (:func:`is_transductive`; log.txt and sweep tables say so).
 
 Config block (exactly these keys; only ``num``/``strategy``/``pool``/``seed`` are usually set)::
 
@@ -41,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from lavis_mmict.errors import ConfigError
 
 DEFAULT_TEMPLATE = "Question: {question} Short answer: {answer}"
 VALID_POOLS = ("self", "train", "val", "test")
@@ -143,7 +154,8 @@ def format_demo_text(template: str, record: dict) -> str:
 
 
 class DemoSampler:
-    """Base sampler. Subclasses implement ``_draw(rng, query_index) -> np.ndarray`` of pool indices.
+    """Base sampler. Subclasses implement ``_draw(rng, query_index) -> np.ndarray`` of pool indices,
+    drawn one after another (the first drawn ends up next to the query).
 
     Args:
         config: DemonstrationConfig (``num`` = K, ``seed``).
@@ -151,6 +163,7 @@ class DemoSampler:
         pool: the pool split's records (the same list object when the pool is the query split).
         pool_is_query_split: True when pool indices and query indices refer to the same records.
         name: "<dataset>/<split>" used in error messages.
+        evaluation: the queries are an evaluation split (too few demos is an error, see module doc).
     """
 
     def __init__(
@@ -160,6 +173,7 @@ class DemoSampler:
         pool: Sequence[dict],
         pool_is_query_split: bool,
         name: str = "dataset",
+        evaluation: bool = False,
         **unused,
     ):
         self.config = config
@@ -167,6 +181,7 @@ class DemoSampler:
         self.num_min = config.num if config.num_min is None else config.num_min
         self.seed = config.seed
         self.name = name
+        self.evaluation = bool(evaluation)
         self.pool_size = len(pool)
         self.pool_is_query_split = pool_is_query_split
         # Cross-split exclusion: pool indices sharing each query's identity (usually none).
@@ -196,7 +211,8 @@ class DemoSampler:
         else:
             entropy = [self.seed, _TRAIN_STREAM, int(epoch), int(query_index)]
         rng = np.random.default_rng(entropy)
-        picks = self._draw(rng, int(query_index))
+        # The first drawn goes last (next to the query): the draw for K - 1 is this one's last K - 1.
+        picks = np.asarray(self._draw(rng, int(query_index)), dtype=np.int64)[::-1]
         if epoch is not None and self.num_min < self.num:
             # Drawn after the K demos, so the kept ones are the fixed-K draw's last `keep` (for
             # `similar` the most similar): training sees fewer demos, never different ones.
@@ -208,11 +224,19 @@ class DemoSampler:
         raise NotImplementedError
 
 
+def is_transductive(dataset) -> bool:
+    """True for an evaluation split whose demonstrations come from the split itself (``pool: self``
+    or the split's own name, K > 0): its score is transductive, not comparable to a train pool's."""
+    sampler = getattr(dataset, "demo_sampler", None)
+    return bool(isinstance(sampler, DemoSampler) and sampler.num > 0 and sampler.pool_is_query_split
+                and sampler.evaluation)
+
+
 class RandomDemoSampler(DemoSampler):
     """K distinct pool records, uniformly at random, never the query."""
 
-    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", **unused):
-        super().__init__(config, queries, pool, pool_is_query_split, name)
+    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", **kwargs):
+        super().__init__(config, queries, pool, pool_is_query_split, name, **kwargs)
         _check_pool_size(self, pool_is_query_split)
 
     def _draw(self, rng, query_index):
@@ -223,12 +247,24 @@ def _check_pool_size(sampler: DemoSampler, pool_is_query_split: bool):
     """K larger than the pool is a configuration error (random / similar need K candidates)."""
     available = sampler.pool_size - (1 if pool_is_query_split else 0)
     if sampler.num > available:
-        raise ValueError(
+        raise ConfigError(
             f"{sampler.name}: demonstrations.num = {sampler.num} but the demo pool has only "
             f"{available} candidate records (pool size {sampler.pool_size}"
             f"{', minus the query itself' if pool_is_query_split else ''}); lower `num` "
             f"or use a larger pool"
         )
+
+
+def _nested_choice(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
+    """``count`` distinct integers of range(n), drawn one at a time (a partial Fisher-Yates
+    shuffle): the first j of a draw of ``count`` are the draw of j from the same generator."""
+    moved: Dict[int, int] = {}  # the shuffled array, stored sparsely: position -> value
+    picks = np.empty(count, dtype=np.int64)
+    for position in range(count):
+        chosen = int(rng.integers(position, n))
+        picks[position] = moved.get(chosen, chosen)
+        moved[chosen] = moved.get(position, position)
+    return picks
 
 
 def _random_draw(sampler: DemoSampler, rng, query_index: int, count: int, also_excluded=None):
@@ -238,12 +274,11 @@ def _random_draw(sampler: DemoSampler, rng, query_index: int, count: int, also_e
         excluded = np.union1d(excluded, also_excluded)
     available = sampler.pool_size - len(excluded)
     if count > available:
-        raise ValueError(
+        raise ConfigError(
             f"{sampler.name}: query {query_index} leaves {available} demo candidates after "
             f"excluding the query, fewer than demonstrations.num = {sampler.num}"
         )
-    picks = rng.choice(available, size=count, replace=False)
-    return _skip_excluded(picks, excluded)
+    return _skip_excluded(_nested_choice(rng, available, count), excluded)
 
 
 class SameSourceDemoSampler(DemoSampler):
@@ -251,26 +286,37 @@ class SameSourceDemoSampler(DemoSampler):
 
     When the clip has fewer than K other annotations, all of them are returned (K varies per
     sample, handled downstream by ``demo_mask``), unless ``fallback: random`` fills the missing
-    slots with random pool records. Queries without any sibling are reported once, as a warning.
+    slots with random pool records. Queries without any sibling are reported once, as a warning;
+    in an evaluation split, more than half of the queries short of K demos is a ConfigError.
     """
 
-    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", **unused):
-        super().__init__(config, queries, pool, pool_is_query_split, name)
+    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", **kwargs):
+        super().__init__(config, queries, pool, pool_is_query_split, name, **kwargs)
         source_field = _source_field(queries, name)
         self._query_sources = [record[source_field] for record in queries]
         # Group index built once: source -> sorted array of pool indices.
         self._pool_index_by_source = _group_indices(record.get(source_field) for record in pool)
         if config.fallback == "random":
             _check_pool_size(self, pool_is_query_split)
-        if self.num > 0:
-            lonely = sum(len(self.siblings(i)) == 0 for i in range(len(queries)))
-            if lonely:
-                logging.warning(
-                    "%s: %d of %d queries have no other annotation of their %s in the demo pool "
-                    "(same_source); they get %s.", name, lonely, len(queries), source_field,
-                    "random demonstrations (fallback: random)" if config.fallback == "random"
-                    else "no demonstrations (set demonstrations.fallback: random to fill them)",
-                )
+        if self.num == 0:
+            return
+        counts = np.array([len(self.siblings(i)) for i in range(len(queries))], dtype=np.int64)
+        short = int((counts < self.num).sum())
+        if self.evaluation and config.fallback == "none" and 2 * short > len(queries):
+            raise ConfigError(
+                f"{name}: {short} of {len(queries)} evaluation queries would get fewer than "
+                f"demonstrations.num = {self.num} demonstrations with strategy `same_source` and "
+                f"pool `{config.pool}` (too few other annotations of their {source_field} in the "
+                f"pool); set demonstrations.fallback: random, another strategy or pool, or a lower num"
+            )
+        lonely = int((counts == 0).sum())
+        if lonely:
+            logging.warning(
+                "%s: %d of %d queries have no other annotation of their %s in the demo pool "
+                "(same_source); they get %s.", name, lonely, len(queries), source_field,
+                "random demonstrations (fallback: random)" if config.fallback == "random"
+                else "no demonstrations (set demonstrations.fallback: random to fill them)",
+            )
 
     def siblings(self, query_index: int) -> np.ndarray:
         """All pool indices about the query's clip/image, the query itself excluded."""
@@ -281,79 +327,25 @@ class SameSourceDemoSampler(DemoSampler):
         return group[~np.isin(group, excluded)] if len(excluded) else group
 
     def _draw(self, rng, query_index):
-        siblings = self.siblings(query_index)
-        if len(siblings) > self.num:
-            return rng.choice(siblings, size=self.num, replace=False)
-        picks = rng.permutation(siblings)  # all of them, in a seeded order
+        siblings = self.siblings(query_index)  # sorted
+        picks = siblings[_nested_choice(rng, len(siblings), min(self.num, len(siblings)))]
         if self.config.fallback == "random" and len(picks) < self.num:
-            filler = _random_draw(self, rng, query_index, self.num - len(picks), np.sort(picks))
+            filler = _random_draw(self, rng, query_index, self.num - len(picks), siblings)
             picks = np.concatenate([picks, filler])
         return picks
 
 
-class SimilarDemoSampler(DemoSampler):
-    """The K pool records nearest to the query by visual similarity (RICES), most similar last.
+def _similar_sampler(*args, **kwargs) -> DemoSampler:
+    """SimilarDemoSampler (similar_sampler.py), imported on use: it subclasses DemoSampler."""
+    from lavis_mmict.datasets.similar_sampler import SimilarDemoSampler
 
-    Extra arguments (see similarity.py): ``query_features`` / ``pool_features`` (S, D) float32,
-    L2-normalised, one row per distinct clip/image; ``query_sources`` / ``pool_sources`` (N,) the
-    row of each record; ``pool_valid`` (S_pool,) bool, False for unreadable media (never picked).
-    Records of one clip share its similarity; ties go to the lower pool index.
-    """
-
-    def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", query_features=None,
-                 pool_features=None, query_sources=None, pool_sources=None, pool_valid=None, **unused):
-        super().__init__(config, queries, pool, pool_is_query_split, name)
-        if query_features is None or pool_features is None:
-            raise ValueError(f"{name}: the `similar` strategy needs visual features (see similarity.py)")
-        _check_pool_size(self, pool_is_query_split)
-        self.query_features = np.asarray(query_features, dtype=np.float32)
-        self.pool_features = np.asarray(pool_features, dtype=np.float32)
-        self.query_sources = np.asarray(query_sources, dtype=np.int64)
-        pool_sources = np.asarray(pool_sources, dtype=np.int64)
-        self.pool_valid = (np.ones(len(self.pool_features), dtype=bool) if pool_valid is None
-                           else np.asarray(pool_valid, dtype=bool))
-        # Pool records of each pool source, in pool order (source rows are 0..S-1).
-        order = np.argsort(pool_sources, kind="stable")
-        bounds = np.searchsorted(pool_sources[order], np.arange(len(self.pool_features) + 1))
-        self._records_of_source = [order[bounds[s]:bounds[s + 1]] for s in range(len(self.pool_features))]
-        # Ranked pool sources per query source, computed once; enough for K records plus the
-        # query's own exclusions in almost every case (the rest get a full ranking on demand).
-        self._ranked = self._rank_sources(min(len(self.pool_features), self.num + 2))
-
-    def _similarities(self, query_source_rows: np.ndarray) -> np.ndarray:
-        sims = self.query_features[query_source_rows] @ self.pool_features.T
-        sims[:, ~self.pool_valid] = -np.inf
-        return sims
-
-    def _rank_sources(self, top: int, chunk: int = 1024) -> List[np.ndarray]:
-        ranked = []
-        for start in range(0, len(self.query_features), chunk):
-            sims = self._similarities(np.arange(start, min(start + chunk, len(self.query_features))))
-            for row in sims:
-                # Stable sort of -sim: ties keep the lower source (= lower pool index) first.
-                ranked.append(np.argsort(-row, kind="stable")[:top])
-        return ranked
-
-    def _draw(self, rng, query_index):
-        excluded = set(self.excluded_pool_indices(query_index).tolist())
-        source_row = int(self.query_sources[query_index])
-        for ranking in (self._ranked[source_row], None):
-            if ranking is None:  # the short list ran out: rank every pool source
-                ranking = np.argsort(-self._similarities(np.array([source_row]))[0], kind="stable")
-            picks = []
-            for source in ranking:
-                if not self.pool_valid[source]:
-                    continue
-                picks.extend(i for i in self._records_of_source[source].tolist() if i not in excluded)
-                if len(picks) >= self.num:
-                    return np.asarray(picks[: self.num][::-1], dtype=np.int64)  # most similar last
-        raise ValueError(f"{self.name}: query {query_index} has fewer than {self.num} valid demo candidates")
+    return SimilarDemoSampler(*args, **kwargs)
 
 
 SAMPLER_CLASSES: Dict[str, Callable[..., DemoSampler]] = {
     "random": RandomDemoSampler,
     "same_source": SameSourceDemoSampler,
-    "similar": SimilarDemoSampler,
+    "similar": _similar_sampler,
 }
 
 

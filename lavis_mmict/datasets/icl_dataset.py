@@ -138,7 +138,8 @@ class ICLDataset(Dataset):
         extra = self._similarity_features(pool_is_query_split) if (
             self.demo_config.strategy == "similar" and self.demo_config.num > 0) else {}
         self.demo_sampler = build_demo_sampler(
-            self.demo_config, dataset.annotation, self.pool.annotation, pool_is_query_split, self.name, **extra
+            self.demo_config, dataset.annotation, self.pool.annotation, pool_is_query_split, self.name,
+            evaluation=not is_train, **extra
         )
 
     @classmethod

@@ -202,3 +202,60 @@ def _save_atomic(path: str, features: np.ndarray, valid: np.ndarray):
     with atomic_output(path, keep_extension=True) as temporary:  # np.savez appends .npz otherwise
         np.savez(temporary, features=features, valid=valid)
 
+
+
+# --- ranking: the nearest pool sources of every query source ------------------------------------
+
+def nearest_sources(query_features: np.ndarray, pool_features: np.ndarray, top: int,
+                    excluded: Optional[np.ndarray] = None, pool_valid: Optional[np.ndarray] = None,
+                    chunk_elements: int = 1 << 24):
+    """The ``top`` pool sources most similar to each query source, most similar first.
+
+    Batched over queries (one matrix product per chunk of about ``chunk_elements`` similarities)
+    with ``np.argpartition``: no full sort per query. Ties go to the lower pool row, exactly as a
+    stable sort would (a row whose cut falls inside a tie is sorted in full).
+
+    Args:
+        query_features: (Q, D) float32, L2-normalised rows (a dot product is a cosine similarity).
+        pool_features: (S, D) float32, L2-normalised rows.
+        top: how many sources to rank per query (at most S).
+        excluded: (Q,) int64, for each query a pool row never returned (its own source), -1 = none.
+        pool_valid: (S,) bool, False for pool sources never returned (unreadable media).
+
+    Returns:
+        ranked (Q, top) int64 pool rows, most similar first; count (Q,) int64: how many leading
+        entries of each row are candidates (valid and not excluded); the rest are filler.
+    """
+    query_features = np.asarray(query_features, dtype=np.float32)
+    pool_features = np.asarray(pool_features, dtype=np.float32)
+    num_queries, num_pool = len(query_features), len(pool_features)
+    top = min(int(top), num_pool)
+    ranked = np.zeros((num_queries, top), dtype=np.int64)
+    count = np.zeros(num_queries, dtype=np.int64)
+    if top == 0:
+        return ranked, count
+    chunk = max(1, chunk_elements // max(num_pool, 1))
+    for start in range(0, num_queries, chunk):
+        rows = np.arange(start, min(start + chunk, num_queries))
+        negated = -(query_features[rows] @ pool_features.T)  # (c, S): ascending = most similar first
+        if pool_valid is not None:
+            negated[:, ~np.asarray(pool_valid, dtype=bool)] = np.inf
+        if excluded is not None:
+            own = np.asarray(excluded, dtype=np.int64)[rows]
+            has_own = own >= 0
+            negated[np.flatnonzero(has_own), own[has_own]] = np.inf
+        if top < num_pool:
+            cut = np.argpartition(negated, top, axis=1)  # [:, :top] the top ones, [:, top] the next
+            candidates = cut[:, :top]
+            kept = np.take_along_axis(negated, candidates, axis=1)
+            next_value = np.take_along_axis(negated, cut[:, top:top + 1], axis=1)[:, 0]
+            order = np.lexsort((candidates, kept), axis=1)  # by similarity, then lower row
+            chosen = np.take_along_axis(candidates, order, axis=1)
+            # A tie across the cut may have left a lower row out: sort those rows in full.
+            for row in np.flatnonzero(kept.max(axis=1) == next_value):
+                chosen[row] = np.argsort(negated[row], kind="stable")[:top]
+        else:
+            chosen = np.argsort(negated, axis=1, kind="stable")
+        ranked[rows] = chosen
+        count[rows] = np.isfinite(np.take_along_axis(negated, chosen, axis=1)).sum(axis=1)
+    return ranked, count
