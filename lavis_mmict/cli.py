@@ -188,11 +188,44 @@ def _append_log(output_dir, record):
         f.write(json.dumps(record) + "\n")
 
 
+def _sweep_datasets(task, cfg, shots, test_splits):
+    """The config's ``run.test_splits`` built with K = ``shots`` demonstrations per query."""
+    for name in cfg.datasets_cfg:
+        demo_key = f"datasets.{name}.demonstrations"
+        OmegaConf.update(cfg.config, f"{demo_key}.num", int(shots), merge=True)
+        if OmegaConf.select(cfg.config, f"{demo_key}.num_min") is not None:
+            # training's varying K; evaluation always uses K = num (and num_min <= num)
+            OmegaConf.update(cfg.config, f"{demo_key}.num_min", None)
+    try:
+        datasets = task.build_datasets(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"--shots {shots}: {error}") from None
+    missing = [s for s in test_splits if not any(s in splits for splits in datasets.values())]
+    if missing:
+        raise ConfigError(f"run.test_splits {missing} not built by any dataset of the config")
+    return {name: {s: d for s, d in splits.items() if s in test_splits} for name, splits in datasets.items()}
+
+
+def _sweep_rows(test_logs, demo_format, shots, checkpoint, cfg_path):
+    """Report rows of one (demo format, K) evaluation; the transductive label leaves the metrics."""
+    rows = []
+    for split_name, metrics in test_logs.items():
+        metrics = dict(metrics)
+        transductive = bool(metrics.pop("transductive", False))
+        rows.append({"label": demo_format, "demo_format": demo_format, "shots": int(shots),
+                     "split": split_name, "metrics": metrics, "checkpoint": checkpoint,
+                     "cfg_path": cfg_path, "transductive": transductive})
+    return rows
+
+
 def evaluate_shot_sweep(args):
     """Evaluate ``run.test_splits`` for every (demo format, K); write the sweep report (rank 0).
 
-    Per demo format the model is built once and ``run.eval_ckpt_path`` loaded once; per K every
-    dataset's ``demonstrations.num`` is K. Returns the report rows (:mod:`lavis_mmict.reports`).
+    Every K is checked first (the datasets are built for each K, so a K larger than a demo pool is
+    one error before any evaluation). Per demo format the model is built once and
+    ``run.eval_ckpt_path`` loaded once; per K every dataset's ``demonstrations.num`` is K. The
+    report is rewritten after every evaluation, so a sweep that stops keeps what it computed
+    (``"complete": false`` in results.json). Returns the report rows (:mod:`lavis_mmict.reports`).
     """
     cfg, job_id = setup_run(args)
 
@@ -200,9 +233,16 @@ def evaluate_shot_sweep(args):
     checkpoint = cfg.run_cfg.get("eval_ckpt_path", None)
     test_splits = list(cfg.run_cfg.get("test_splits", []))
     if not test_splits:
-        raise ValueError("The shot sweep evaluates run.test_splits, which is empty")
-    formats = args.demo_formats or [str(cfg.model_cfg.get("demo_format", "mmict"))]
+        raise ConfigError("The shot sweep evaluates run.test_splits, which is empty")
+    model_formats = getattr(registry.get_model_class(cfg.model_cfg.arch), "DEMO_FORMATS", ())
+    formats = args.demo_formats or [str(cfg.model_cfg.get("demo_format") or next(iter(model_formats), ""))]
+    if not formats[0]:
+        raise ConfigError(f"The shot sweep needs model.demo_format: {cfg.model_cfg.arch} lists no DEMO_FORMATS")
+    task = tasks.setup_task(cfg)
+    for shots in args.shots:
+        _sweep_datasets(task, cfg, shots, test_splits)
     rows, output_dir = [], None
+    title = f"Shot sweep ({os.path.basename(args.cfg_path)})"
 
     for demo_format in formats:
         OmegaConf.update(cfg.config, "model.demo_format", demo_format)
@@ -210,18 +250,7 @@ def evaluate_shot_sweep(args):
         model = task.build_model(cfg)
         loaded = False
         for shots in args.shots:
-            for name in cfg.datasets_cfg:
-                demo_key = f"datasets.{name}.demonstrations"
-                OmegaConf.update(cfg.config, f"{demo_key}.num", int(shots), merge=True)
-                if OmegaConf.select(cfg.config, f"{demo_key}.num_min") is not None:
-                    # training's varying K; evaluation always uses K = num (and num_min <= num)
-                    OmegaConf.update(cfg.config, f"{demo_key}.num_min", None)
-            datasets = task.build_datasets(cfg)
-            missing = [s for s in test_splits if not any(s in splits for splits in datasets.values())]
-            if missing:
-                raise ValueError(f"run.test_splits {missing} not built by any dataset of the config")
-            datasets = {name: {s: d for s, d in splits.items() if s in test_splits}
-                        for name, splits in datasets.items()}
+            datasets = _sweep_datasets(task, cfg, shots, test_splits)
             setup_seeds(cfg)
             _forget_runner_paths()
             runner = runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
@@ -235,15 +264,13 @@ def evaluate_shot_sweep(args):
                 continue
             record = {"demo_format": demo_format, "shots": int(shots)}
             for split_name, metrics in test_logs.items():
-                rows.append({"label": demo_format, "demo_format": demo_format, "shots": int(shots),
-                             "split": split_name, "metrics": metrics, "checkpoint": checkpoint,
-                             "cfg_path": args.cfg_path})
                 record.update({f"{split_name}_{key}": value for key, value in metrics.items()})
             _append_log(output_dir, record)
+            rows += _sweep_rows(test_logs, demo_format, shots, checkpoint, args.cfg_path)
+            write_sweep_report(rows, str(output_dir), metric=args.metric, title=title, complete=False)
 
     if is_main_process():
-        paths = write_sweep_report(rows, str(output_dir), metric=args.metric,
-                                   title=f"Shot sweep ({os.path.basename(args.cfg_path)})")
+        paths = write_sweep_report(rows, str(output_dir), metric=args.metric, title=title)
         print(f"\nShot sweep, {args.metric}:\n{paths['table']}\n", flush=True)
         print(f"Report: {paths['markdown']}\nPlot: {paths['png']}\nResults: {paths['json']}", flush=True)
     return rows

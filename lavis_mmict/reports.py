@@ -4,14 +4,20 @@ a PNG plot (metric vs K, one line per format).
 A sweep is a list of rows::
 
     {"label": "mmict", "demo_format": "mmict", "shots": 2, "split": "test",
-     "metrics": {"agg_metrics": 61.2, "acc": 61.2, ...}, "checkpoint": "...", "cfg_path": "..."}
+     "metrics": {"agg_metrics": 61.2, "acc": 61.2, ...}, "checkpoint": "...", "cfg_path": "...",
+     "transductive": false}
 
-``label`` names a line (the demo format, unless two runs share one); :func:`write_sweep_report`
-writes everything, :func:`read_sweep_rows` reads ``results.json`` back (to merge sweeps).
+``label`` names a line (the demo format, unless two runs share one); ``transductive`` (optional):
+the demonstrations came from the evaluated split itself (``pool: self``), which the tables say
+next to the label. :func:`write_sweep_report` writes everything (atomically, and again after
+every evaluation of a sweep, ``complete`` false until the last), :func:`read_sweep_rows` reads
+``results.json`` back (to merge sweeps).
 """
 import json
 import math
 import os
+
+from lavis_mmict.atomic import atomic_output, write_json_atomic
 
 __all__ = [
     "RESULTS_JSON",
@@ -30,6 +36,9 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
 DEFAULT_METRIC = "agg_metrics"
+TRANSDUCTIVE_NOTE = ("(transductive): the demonstrations come from the evaluated split itself (pool: self), "
+                     "not comparable to a score with demonstrations from the training split")
+INCOMPLETE_NOTE = "Incomplete: the sweep stopped before every (demo format, K) was evaluated."
 
 
 def is_percent_metric(name, metrics):
@@ -76,15 +85,23 @@ def _lookup(rows):
     return {(row["label"], row["split"], int(row["shots"])): row["metrics"] for row in rows}
 
 
+def _label_cell(label, transductive):
+    return f"{label} (transductive)" if transductive else label
+
+
 def shots_table(rows, split, metric=DEFAULT_METRIC):
-    """Markdown table for one split: one row per label, one column per K."""
+    """Markdown table for one split: one row per label, one column per K (and the transductive
+    note when some label's demonstrations came from the split itself)."""
     shots = _shots(rows)
     values = _lookup(rows)
     lines = ["| demo_format | " + " | ".join(f"K={k}" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
+    transductive = {row["label"] for row in rows if row["split"] == split and row.get("transductive")}
     for label in _labels(rows):
         cells = [_cell(values.get((label, split, k), {}), metric) for k in shots]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label_cell(label, label in transductive)} | " + " | ".join(cells) + " |")
+    if transductive:
+        lines += ["", TRANSDUCTIVE_NOTE]
     return "\n".join(lines)
 
 
@@ -94,13 +111,14 @@ def _all_metrics_table(rows):
              "|---|---|---|" + "---|" * len(names)]
     for row in sorted(rows, key=lambda r: (_labels(rows).index(r["label"]), r["split"], int(r["shots"]))):
         cells = [_cell(row["metrics"], name) for name in names]
-        lines.append(f"| {row['label']} | {row['split']} | {row['shots']} | " + " | ".join(cells) + " |")
+        label = _label_cell(row["label"], row.get("transductive"))
+        lines.append(f"| {label} | {row['split']} | {row['shots']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def markdown_report(rows, metric=DEFAULT_METRIC, title="Shot sweep"):
+def markdown_report(rows, metric=DEFAULT_METRIC, title="Shot sweep", complete=True):
     """The whole markdown report: per split a K table of ``metric``, then every metric."""
-    parts = [f"# {title}", ""]
+    parts = [f"# {title}", ""] + ([] if complete else [INCOMPLETE_NOTE, ""])
     for split in _splits(rows):
         parts += [f"## {split}: {metric} by number of demonstrations K", "", shots_table(rows, split, metric), ""]
     parts += ["## All metrics", "", _all_metrics_table(rows), ""]
@@ -138,20 +156,21 @@ def plot_sweep(rows, path, metric=DEFAULT_METRIC, title="Shot sweep"):
     return path
 
 
-def write_sweep_report(rows, output_dir, metric=DEFAULT_METRIC, title="Shot sweep"):
-    """Write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``; returns
-    ``{"json": path, "markdown": path, "png": path, "table": markdown text}``."""
+def write_sweep_report(rows, output_dir, metric=DEFAULT_METRIC, title="Shot sweep", complete=True):
+    """Write ``results.json``, ``results.md`` and ``results.png`` into ``output_dir``, each
+    atomically (a reader never sees half a file); ``complete=False``: the sweep is still running
+    or stopped early. Returns ``{"json": path, "markdown": path, "png": path, "table": text}``."""
     if not rows:
         raise ValueError("No sweep results to report")
     os.makedirs(output_dir, exist_ok=True)
     paths = {name: os.path.join(output_dir, file) for name, file in
              (("json", RESULTS_JSON), ("markdown", RESULTS_MD), ("png", RESULTS_PNG))}
-    with open(paths["json"], "w") as f:
-        json.dump({"metric": metric, "title": title, "rows": rows}, f, indent=1)
-    report = markdown_report(rows, metric, title)
-    with open(paths["markdown"], "w") as f:
-        f.write(report)
-    plot_sweep(rows, paths["png"], metric, title)
+    write_json_atomic(paths["json"], {"metric": metric, "title": title, "complete": bool(complete), "rows": rows},
+                      indent=1)
+    with atomic_output(paths["markdown"]) as temporary, open(temporary, "w") as f:
+        f.write(markdown_report(rows, metric, title, complete))
+    with atomic_output(paths["png"], keep_extension=True) as temporary:  # savefig picks the format by it
+        plot_sweep(rows, temporary, metric, title)
     paths["table"] = "\n\n".join(shots_table(rows, split, metric) for split in _splits(rows))
     return paths
 

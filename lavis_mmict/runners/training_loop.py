@@ -3,7 +3,8 @@
 :class:`TrainingLoopMixin` replaces LAVIS's ``train``, ``eval_epoch`` and ``evaluate``: each
 training chunk (epoch, or inner epoch) is seeded from (``run.seed``, rank, chunk start), followed
 by validation and a resumable checkpoint; the test phase uses the best checkpoint. Batches stay on
-the runner's device (CPU too). Run config key: ``evaluate`` (default false).
+the runner's device (CPU too). Run config key: ``evaluate`` (default false). An evaluation whose
+demonstrations come from the evaluated split itself logs ``<split>_transductive: true``.
 """
 import datetime
 import logging
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 from lavis.common.dist_utils import get_rank, is_main_process
 
+from lavis_mmict.datasets.demonstrations import is_transductive
 from lavis_mmict.runners.loaders import chunk_seed, seed_everything
 from lavis_mmict.runners.skipped_media import SkippedMediaCounter
 
@@ -112,6 +114,8 @@ class TrainingLoopMixin:
             val_result=results, split_name=split_name, epoch=cur_epoch
         )
         self._log_skipped_media(split_log, *skipped, f"{split_name} evaluation")
+        if split_log is not None and is_transductive(self.datasets[split_name]):
+            split_log["transductive"] = True  # demos from the evaluated split itself (pool: self)
         return split_log
 
     def evaluate(self, cur_epoch="best", skip_reload=False):
