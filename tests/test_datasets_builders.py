@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 import _dataset_files as files
 from lavis_mmict.cli import build_runner
+from lavis_mmict.errors import ConfigError
 
 F = 2  # frames per clip in these tests
 
@@ -219,3 +220,12 @@ def test_any_lavis_dataset_can_be_wrapped(tmp_path):
     batch = train.collater([train[i] for i in range(3)])
     assert batch["demo_mask"].all() and batch["image"].shape == (3, 1, 3, 32, 32)
     assert train.annotation is lavis_train.annotation  # LAVIS attributes reach through the wrapper
+
+
+def test_same_source_from_the_train_pool_for_test_clips_is_an_error_naming_strategy_and_pool(made_files):
+    """Test clips are not train clips: every test query would get no demo, so building stops."""
+    with pytest.raises(ConfigError, match=r"msvd_qa_icl/(val|test): 4 of 4 evaluation queries .*"
+                                          r"`same_source` and pool `train`"):
+        build("msvd_qa_icl", made_files["msvd_qa_icl"], "videos", strategy="same_source")
+    splits = build("msvd_qa_icl", made_files["msvd_qa_icl"], "videos", strategy="same_source", fallback="random")
+    assert all(len(splits[split].demo_indices(i)) == 2 for split in ("val", "test") for i in range(4))
