@@ -188,6 +188,19 @@ def _append_log(output_dir, record):
         f.write(json.dumps(record) + "\n")
 
 
+def sweep_demo_formats(requested, model_cfg):
+    """The demo formats a sweep evaluates: ``--demo-formats``, else the config's
+    ``model.demo_format``, else the model's default (the first of its class's ``DEMO_FORMATS``:
+    ``mmict`` for mmict_blip2, ``fused`` for aim_opt)."""
+    if requested:
+        return list(requested)
+    default = next(iter(getattr(registry.get_model_class(model_cfg.arch), "DEMO_FORMATS", ())), None)
+    demo_format = model_cfg.get("demo_format") or default
+    if not demo_format:
+        raise ConfigError(f"The shot sweep needs model.demo_format: {model_cfg.arch} lists no DEMO_FORMATS")
+    return [str(demo_format)]
+
+
 def _sweep_datasets(task, cfg, shots, test_splits):
     """The config's ``run.test_splits`` built with K = ``shots`` demonstrations per query."""
     for name in cfg.datasets_cfg:
@@ -234,10 +247,7 @@ def evaluate_shot_sweep(args):
     test_splits = list(cfg.run_cfg.get("test_splits", []))
     if not test_splits:
         raise ConfigError("The shot sweep evaluates run.test_splits, which is empty")
-    model_formats = getattr(registry.get_model_class(cfg.model_cfg.arch), "DEMO_FORMATS", ())
-    formats = args.demo_formats or [str(cfg.model_cfg.get("demo_format") or next(iter(model_formats), ""))]
-    if not formats[0]:
-        raise ConfigError(f"The shot sweep needs model.demo_format: {cfg.model_cfg.arch} lists no DEMO_FORMATS")
+    formats = sweep_demo_formats(args.demo_formats, cfg.model_cfg)
     task = tasks.setup_task(cfg)
     for shots in args.shots:
         _sweep_datasets(task, cfg, shots, test_splits)

@@ -68,6 +68,8 @@ def test_similar_takes_one_record_of_each_of_the_k_nearest_other_sources():
     assert [rows[other_seed.sample(q)].tolist() for q in range(24)] == [rows[sampler.sample(q)].tolist() for q in range(24)]
     with pytest.raises(ValueError, match=r"num = 6 but query 0 has only 5 candidate clips/images"):
         circle_sampler(angles, rows, angles, rows, records, records, True, num=6)
+    no_demos = build_demo_sampler({"num": 0, "strategy": "similar"}, records, records, True, "x")  # K = 0
+    assert no_demos.sample(0) == [] and no_demos.sample(0, epoch=1) == []
 
 
 def test_similar_from_another_split_excludes_the_querys_clip_and_unreadable_sources():
@@ -80,6 +82,12 @@ def test_similar_from_another_split_excludes_the_querys_clip_and_unreadable_sour
     invalid_b = circle_sampler(pool_angles, [0, 0, 1, 2, 3], [0.0], [0], queries, pool, False, num=2,
                                pool_valid=[True, False, True, True])
     assert invalid_b.sample(0)[0] == 3 and invalid_b.sample(0)[1] in (0, 1)  # a, then c; not b
+    # the 3 nearest sources only hold copies of the query (its question_id): past the short ranked list
+    leaked = qa_records([f"p{i}.jpg" for i in range(5)])
+    for record in leaked[:3]:
+        record["question_id"] = 99
+    far = circle_sampler([0.0, 0.05, 0.1, 0.5, 1.0], np.arange(5), [0.0], [0], queries, leaked, False, num=1)
+    assert far._ranked.shape[1] == 3 and far.sample(0) == [3]
 
 
 def test_nearest_sources_is_the_stable_brute_force_ranking():

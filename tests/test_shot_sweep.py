@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import REPO_ROOT
 from lavis_mmict import sweep as shot_sweep
+from lavis_mmict.cli import sweep_demo_formats
 from lavis_mmict.reports import (
     INCOMPLETE_NOTE,
     TRANSDUCTIVE_NOTE,
@@ -90,6 +92,13 @@ def test_shot_sweep_script_keeps_the_results_of_earlier_runs_when_one_fails(tmp_
                          "--run", "broken", "b.yaml", "--run", "never", "c.yaml"])
     content = json.load(open(out / "results.json"))
     assert content["complete"] is False and [r["label"] for r in content["rows"]] == ["good"]
+
+
+def test_sweep_formats_default_to_the_configs_then_the_models_first_demo_format():
+    aim, mmict = OmegaConf.create({"arch": "aim_opt"}), OmegaConf.create({"arch": "mmict_blip2"})
+    assert sweep_demo_formats(None, aim) == ["fused"] and sweep_demo_formats(None, mmict) == ["mmict"]
+    assert sweep_demo_formats(None, OmegaConf.create({"arch": "aim_opt", "demo_format": "raw"})) == ["raw"]
+    assert sweep_demo_formats(["none", "fused"], aim) == ["none", "fused"]
 
 
 def run_sweep(tmp_path, shots, *extra_options, demo_formats=(), env_extra=None):

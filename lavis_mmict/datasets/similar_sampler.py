@@ -25,6 +25,8 @@ class SimilarDemoSampler(DemoSampler):
     def __init__(self, config, queries, pool, pool_is_query_split, name="dataset", query_features=None,
                  pool_features=None, query_sources=None, pool_sources=None, pool_valid=None, **kwargs):
         super().__init__(config, queries, pool, pool_is_query_split, name, **kwargs)
+        if self.num == 0:
+            return  # no demos (a sweep's K = 0): no features were computed
         if query_features is None or pool_features is None:
             raise ValueError(f"{name}: the `similar` strategy needs visual features (see similarity.py)")
         self.query_features = np.asarray(query_features, dtype=np.float32)
@@ -42,7 +44,7 @@ class SimilarDemoSampler(DemoSampler):
         # every record is excluded (a cross-split duplicate of the query); the rest on demand.
         self._ranked, self._count = nearest_sources(self.query_features, self.pool_features, self.num + 2,
                                                     self._own_source, self.pool_valid)
-        short = np.flatnonzero(self._count[self.query_sources] < self.num) if self.num else []
+        short = np.flatnonzero(self._count[self.query_sources] < self.num)  # per record
         if len(short):
             query = int(short[0])
             raise ConfigError(
@@ -72,8 +74,8 @@ class SimilarDemoSampler(DemoSampler):
         yield from self._ranked[row][: self._count[row]].tolist()
         top = self._ranked.shape[1]
         if self._count[row] == top < len(self.pool_features):
-            full, count = nearest_sources(self.query_features[[row]], self.pool_features,
-                                                len(self.pool_features), self._own_source[[row]], self.pool_valid)
+            full, count = nearest_sources(self.query_features[[row]], self.pool_features, len(self.pool_features),
+                                          self._own_source[[row]], self.pool_valid)
             yield from full[0][top: count[0]].tolist()
 
     def _draw(self, rng, query_index):
