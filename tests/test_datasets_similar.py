@@ -40,7 +40,8 @@ def circle_sampler(pool_angles, pool_sources, query_angles, query_sources, queri
                    seed=42, **extra):
     return build_demo_sampler({"num": num, "strategy": "similar", "pool": "self" if same_split else "train",
                                "seed": seed}, queries, pool, same_split, "x",
-                              query_features=unit(np.asarray(query_angles)), pool_features=unit(np.asarray(pool_angles)),
+                              query_features=unit(np.asarray(query_angles)),
+                              pool_features=unit(np.asarray(pool_angles)),
                               query_sources=query_sources, pool_sources=pool_sources, **extra)
 
 
@@ -65,7 +66,8 @@ def test_similar_takes_one_record_of_each_of_the_k_nearest_other_sources():
     assert len({d % 4 for q in range(24) for d in sampler.sample(q)}) > 1
     other_seed = circle_sampler(angles, rows, angles, rows, records, records, True, seed=7)
     assert [other_seed.sample(q) for q in range(24)] != [sampler.sample(q) for q in range(24)]
-    assert [rows[other_seed.sample(q)].tolist() for q in range(24)] == [rows[sampler.sample(q)].tolist() for q in range(24)]
+    clips_of = [rows[sampler.sample(q)].tolist() for q in range(24)]
+    assert [rows[other_seed.sample(q)].tolist() for q in range(24)] == clips_of  # the seed picks records, not clips
     with pytest.raises(ValueError, match=r"num = 6 but query 0 has only 5 candidate clips/images"):
         circle_sampler(angles, rows, angles, rows, records, records, True, num=6)
     no_demos = build_demo_sampler({"num": 0, "strategy": "similar"}, records, records, True, "x")  # K = 0
