@@ -49,6 +49,14 @@ def test_bad_video_fails_fast_naming_split_record_and_file(media, bad):
         list(DataLoader(dataset, batch_size=3, collate_fn=dataset.collater))
 
 
+def test_a_media_error_from_a_dataloader_worker_keeps_its_one_line_message(media):
+    dataset = videoqa_dataset(media, [qa("good0.mp4", 0), qa("missing.mp4", 77)], num=0)
+    with pytest.raises(MediaError) as error:
+        list(DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=dataset.collater))
+    assert str(error.value) == (f"mine/train: record 1 (question_id=77): Video file not found: "
+                                f"{media / 'missing.mp4'} (in DataLoader worker process 0)")
+
+
 def test_unreadable_image_names_the_file(media):
     path = files.write_json(str(media / "img.json"), [
         {"image": "good.jpg", "question": "q", "answer": "a", "question_id": 1},

@@ -19,7 +19,19 @@ VIDEO_SAMPLING_MODES = ("uniform", "headtail")
 
 
 class MediaError(ValueError):
-    """A video or image file is missing or cannot be decoded; the message names the path."""
+    """A video or image file is missing or cannot be decoded; the message names the path.
+
+    Re-raised from a DataLoader worker, it keeps the original message (torch prepends "Caught
+    MediaError in DataLoader worker process N" and the worker's traceback), so train.py and
+    evaluate.py still report it in one line.
+    """
+
+    def __init__(self, message=""):
+        marker = f"\n{__name__}.MediaError: "
+        if isinstance(message, str) and message.startswith("Caught MediaError ") and marker in message:
+            where = message.split(".\n", 1)[0][len("Caught MediaError "):]
+            message = f"{message.rpartition(marker)[2].rstrip()} ({where})"
+        super().__init__(message)
 
 
 def frame_indices(num_video_frames: int, num_frames: int, sampling: str = "uniform") -> np.ndarray:
