@@ -20,15 +20,13 @@ It is "" (not cacheable) when the frames are not read by the pool's ``load_frame
 deterministic processor (any ``Random*``/``*Augment*`` transform, or no ``transform`` to describe).
 
 Bad media (``skip_bad_media``): by default an unreadable video/image raises ``MediaError`` naming
-the split, record and file (fail fast). With ``skip_bad_media: true`` the file is logged (once per
-file) and skipped: an unreadable query is replaced, inside ``__getitem__``, by another readable item
-of the split (a seeded draw), and an unreadable demonstration is dropped from its query. So
-``__getitem__`` always returns a full item (LAVIS's ``ConcatDataset`` collater, which wraps every
-training split, reads every sample's keys before ours runs), batches keep their size, and every
-item carries ``_num_skipped_media`` (0 when nothing was skipped: LAVIS's collater keeps only the
-keys all samples have), which the collater sums into ``batch["num_skipped_media"]``. The media
-check before training (runners/media_check.py) calls :meth:`ICLDataset.exclude_bad_media` to take
-known-bad records out up front.
+the split, record and file. With ``skip_bad_media: true`` it is logged (once per file) and skipped:
+``__getitem__`` replaces an unreadable query by another readable item of the split (seeded draw)
+and drops an unreadable demonstration, so it never returns None (LAVIS's ``ConcatDataset``
+collater, around every training split, reads every sample first), and every item carries
+``_num_skipped_media`` (LAVIS's collater keeps only the keys all samples have), summed by the
+collater into ``batch["num_skipped_media"]``. :meth:`ICLDataset.exclude_bad_media` takes records
+found bad by the media check (runners/media_check.py) out up front.
 """
 import hashlib
 import json
@@ -324,32 +322,25 @@ class ICLDataset(Dataset):
 
     # ------------------------------------------------------------------ media check
     def media_records(self):
-        """``(dataset, is_video)`` pairs whose records' media this split reads: the query split and,
-        when it is another dataset, the demo pool; each dataset has ``media_path(i)`` (else it is
-        left out: how it reads its media is unknown)."""
+        """``(dataset, is_video)`` of the query split and the demo pool, those with ``media_path(i)``
+        (how any other dataset reads its media is unknown)."""
         found = []
         for dataset in {id(self.dataset): self.dataset, id(self.pool): self.pool}.values():
             if hasattr(dataset, "media_path"):
                 found.append((dataset, getattr(dataset, "data_type", "videos") == "videos"))
         return found
 
-    def exclude_bad_media(self, bad_paths) -> dict:
+    def exclude_bad_media(self, bad_paths: set) -> dict:
         """Take the records whose media path is in ``bad_paths`` out: queries leave the split (its
         positions shrink), pool records are never read as demonstrations (dropped and counted
         when drawn). Returns ``{"queries": n excluded, "pool_records": n bad}``."""
-        bad_paths = set(bad_paths)
-        bad_queries = {i for i in range(len(self.dataset.annotation)) if self.dataset.media_path(i) in bad_paths} \
-            if hasattr(self.dataset, "media_path") else set()
-        kept = [i for i in range(len(self.dataset)) if i not in bad_queries]
-        if not kept:
-            raise MediaError(f"{self.name}: the media of every record are unreadable (skip_bad_media "
-                             f"leaves nothing); check the media folder {getattr(self.dataset, 'vis_root', '?')}")
-        self._kept_indices = kept if bad_queries else None
-        bad_pool = bad_queries if self.pool is self.dataset else (
-            {i for i in range(len(self.pool.annotation)) if self.pool.media_path(i) in bad_paths}
-            if hasattr(self.pool, "media_path") else set())
-        self._bad_pool_indices = frozenset(bad_pool)
-        return {"queries": len(bad_queries), "pool_records": len(bad_pool)}
+        bad_queries = _records_using(self.dataset, bad_paths)
+        if len(bad_queries) == len(self.dataset):
+            raise MediaError(f"{self.name}: the media of every record are unreadable; check the media "
+                             f"folder {getattr(self.dataset, 'vis_root', '?')}")
+        self._kept_indices = [i for i in range(len(self.dataset)) if i not in bad_queries] if bad_queries else None
+        self._bad_pool_indices = frozenset(_records_using(self.pool, bad_paths))
+        return {"queries": len(bad_queries), "pool_records": len(self._bad_pool_indices)}
 
     # ------------------------------------------------------------------ batching
     def collater(self, samples: List[dict]) -> dict:
@@ -358,6 +349,13 @@ class ICLDataset(Dataset):
         batch = collate_icl_samples(samples)
         batch[SKIPPED_MEDIA_KEY] = skipped
         return batch
+
+
+def _records_using(dataset, paths: set) -> set:
+    """Indices of ``dataset``'s records whose media path is in ``paths`` (none without media_path)."""
+    if not hasattr(dataset, "media_path"):
+        return set()
+    return {i for i in range(len(dataset.annotation)) if dataset.media_path(i) in paths}
 
 
 # Per-sample values passed through as lists, when the samples carry them.
