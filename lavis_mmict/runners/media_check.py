@@ -107,30 +107,16 @@ class MediaCheckMixin:
         wrappers = [d for split, d in _split_datasets(self.datasets)
                     if split in split_names and split not in checked and hasattr(d, "media_records")]
         checked.update(split_names)
-        files, users, readers = {}, [], []  # users[i]: (dataset name, record) using files[i]
-        seen = set()
-        for wrapper in wrappers:
-            for dataset, is_video in wrapper.media_records():
-                readers.append((wrapper, dataset))
-                if id(dataset) in seen:
-                    continue
-                seen.add(id(dataset))
-                for index in range(len(dataset.annotation)):
-                    key = (dataset.media_path(index), is_video)
-                    if key not in files:
-                        files[key] = len(users)
-                        users.append([])
-                    users[files[key]].append((dataset, index))
+        files, users, readers = _media_files(wrappers)
         if not files:
             return
         start = time.time()
-        listed = list(files)
-        bad = probe_files(listed, int(self.config.run_cfg.get("num_workers", 0)))
+        bad = probe_files(files, int(self.config.run_cfg.get("num_workers", 0)))
         logging.info("media check: %d files of splits %s probed in %.1f s, %d unreadable",
-                     len(listed), sorted(set(split_names)), time.time() - start, len(bad))
+                     len(files), sorted(set(split_names)), time.time() - start, len(bad))
         if not bad:
             return
-        reports = [_describe(listed[i][0], users[i], reason) for i, reason in sorted(bad.items())]
+        reports = [_describe(files[i][0], users[i], reason) for i, reason in sorted(bad.items())]
         self._write_media_report(reports)
         strict = {id(dataset) for wrapper, dataset in readers if not wrapper.skip_bad_media}
         fatal = [report for index, report in zip(sorted(bad), reports)
@@ -144,7 +130,7 @@ class MediaCheckMixin:
                 f"media check: {len(fatal)} unreadable media file(s), before training; fix or remove "
                 f"them, set skip_bad_media: true on the dataset to skip them, or run.check_media: "
                 f"false to skip this check:\n" + "\n".join(lines))
-        bad_paths = {listed[i][0] for i in bad}
+        bad_paths = {files[i][0] for i in bad}
         excluded = 0
         for wrapper in {id(w): w for w in wrappers}.values():
             counts = wrapper.exclude_bad_media(bad_paths)
@@ -156,6 +142,26 @@ class MediaCheckMixin:
     def _write_media_report(self, reports):
         if get_rank() == 0:
             write_json_atomic(os.path.join(self.output_dir, "media_check.json"), reports, indent=1)
+
+
+def _media_files(wrappers):
+    """The distinct media files the ICLDatasets ``wrappers`` read (queries and pools), each once:
+    ``files`` [(path, is_video)], ``users`` (per file: [(dataset, record index)]) and ``readers``
+    [(wrapper, dataset it reads)]."""
+    index_of, users, readers, seen = {}, [], [], set()
+    for wrapper in wrappers:
+        for dataset, is_video in wrapper.media_records():
+            readers.append((wrapper, dataset))
+            if id(dataset) in seen:
+                continue
+            seen.add(id(dataset))
+            for index in range(len(dataset.annotation)):
+                key = (dataset.media_path(index), is_video)
+                if key not in index_of:
+                    index_of[key] = len(users)
+                    users.append([])
+                users[index_of[key]].append((dataset, index))
+    return list(index_of), users, readers
 
 
 def _describe(path, users, reason):
