@@ -49,6 +49,14 @@ def test_bad_video_fails_fast_naming_split_record_and_file(media, bad):
         list(DataLoader(dataset, batch_size=3, collate_fn=dataset.collater))
 
 
+def test_a_media_error_from_a_dataloader_worker_keeps_its_one_line_message(media):
+    dataset = videoqa_dataset(media, [qa("good0.mp4", 0), qa("missing.mp4", 77)], num=0)
+    with pytest.raises(MediaError) as error:
+        list(DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=dataset.collater))
+    assert str(error.value) == (f"mine/train: record 1 (question_id=77): Video file not found: "
+                                f"{media / 'missing.mp4'} (in DataLoader worker process 0)")
+
+
 def test_unreadable_image_names_the_file(media):
     path = files.write_json(str(media / "img.json"), [
         {"image": "good.jpg", "question": "q", "answer": "a", "question_id": 1},
@@ -156,39 +164,61 @@ def test_same_source_without_siblings_warns_once_and_falls_back_as_configured(tm
 
 # --- skip_bad_media --------------------------------------------------------------------------
 
-def test_skip_bad_media_returns_none_logs_the_file_and_the_collater_keeps_the_batch_size(media, caplog):
+def lavis_train_concat(dataset):
+    """What LAVIS's runner makes of a training split: its ConcatDataset (whose collater reads every
+    sample's keys, keeps the shared ones, then calls ours)."""
+    from lavis.datasets.data_utils import concat_datasets
+
+    return concat_datasets({"train": [dataset]})["train"]
+
+
+def test_skip_bad_media_replaces_an_unreadable_query_through_lavis_concat_collater(media, caplog):
     records = [qa("good0.mp4", 0), qa("missing.mp4", 1), qa("corrupt.mp4", 2), qa("good1.mp4", 3),
                qa("good2.mp4", 4), qa("good3.mp4", 5)]
-    dataset = videoqa_dataset(media, records, skip_bad_media=True, num=0)
+    concat = lavis_train_concat(videoqa_dataset(media, records, skip_bad_media=True, num=0))
     with caplog.at_level(logging.WARNING):
-        assert dataset[1] is None and dataset[2] is None
+        batch = concat.collater([concat[i] for i in range(4)])  # TypeError on None items before
     assert any("missing.mp4" in r.getMessage() for r in caplog.records)
-    batch = dataset.collater([dataset[i] for i in range(4)])
     assert batch["image"].shape[0] == 4 and batch["num_skipped_media"] >= 2
-    assert set(batch["question_id"]) <= {0, 3, 4, 5} and batch["question_id"][:2] == [0, 3]
-    # the same batch gives the same replacements (seeded)
-    again = dataset.collater([dataset[i] for i in range(4)])
+    assert set(batch["question_id"]) <= {0, 3, 4, 5} and batch["question_id"][0] == 0
+    assert batch["question_id"][3] == 3
+    again = concat.collater([concat[i] for i in range(4)])  # the same replacements (seeded)
     assert again["question_id"] == batch["question_id"]
-    # a batch of only bad items is refilled from the split, never empty
-    only_bad = dataset.collater([None, None])
-    assert only_bad["image"].shape[0] == 2 and only_bad["num_skipped_media"] >= 2
-    assert set(only_bad["question_id"]) <= {0, 3, 4, 5}
+    assert again["num_skipped_media"] == batch["num_skipped_media"]
+    # through a DataLoader as the runner builds it
+    loader = DataLoader(concat, batch_size=3, collate_fn=concat.collater)
+    assert [b["image"].shape[0] for b in loader] == [3, 3]
 
 
-def test_skip_bad_media_drops_a_bad_demonstration_and_counts_it(media):
-    records = [qa("good0.mp4", 0), qa("good0.mp4", 1), qa("empty.mp4", 2)]
-    dataset = videoqa_dataset(media, records, skip_bad_media=True, num=2, strategy="random")
-    item = dataset[0]  # its two demos are records 1 and 2; record 2 is unreadable
-    assert len(item["demo_text"]) == 1 and item["demo_image"].shape[0] == 1
-    batch = dataset.collater([item, dataset[1]])
-    assert batch["demo_mask"].tolist() == [[True], [True]]  # padded to the batch's largest k
-    assert batch["num_skipped_media"] == 2  # record 2 was a demo of both items
+def test_skip_bad_media_counts_every_dropped_demonstration_through_lavis_concat_collater(media):
+    records = [qa(f"good{n % 4}.mp4", n) for n in range(7)] + [qa("empty.mp4", 7)]
+    dataset = videoqa_dataset(media, records, skip_bad_media=True, num=1, strategy="random")
+    with_bad_demo = [i for i in range(7) if 7 in dataset.demo_indices(i)]
+    assert 0 < len(with_bad_demo) < 7  # some items drop a demo, others do not
+    concat = lavis_train_concat(dataset)
+    batch = concat.collater([concat[i] for i in range(7)])
+    assert batch["num_skipped_media"] == len(with_bad_demo)  # 0 before: the key was dropped
+    assert batch["demo_mask"][:, 0].tolist() == [i not in with_bad_demo for i in range(7)]
 
 
 def test_all_media_bad_is_a_clear_error_not_a_hang(media):
     dataset = videoqa_dataset(media, [qa("missing.mp4", 0), qa("empty.mp4", 1)], skip_bad_media=True, num=0)
-    with pytest.raises(MediaError, match="could not find 1 readable item"):
-        dataset.collater([None])
+    with pytest.raises(MediaError, match="could not find a readable item"):
+        dataset[0]
+
+
+def test_excluded_bad_media_leave_the_split_and_are_never_read_as_demonstrations(media, monkeypatch):
+    records = [qa("good0.mp4", 0), qa("empty.mp4", 1), qa("good1.mp4", 2), qa("good2.mp4", 3)]
+    dataset = videoqa_dataset(media, records, skip_bad_media=True, num=3)
+    assert dataset.exclude_bad_media({str(media / "empty.mp4")}) == {"queries": 1, "pool_records": 1}
+    assert len(dataset) == 3
+    read = []
+    original = dataset.pool.load_frames
+    monkeypatch.setattr(dataset.pool, "load_frames", lambda i, p=None: read.append(i) or original(i, p))
+    batch = dataset.collater([dataset[i] for i in range(3)])
+    assert batch["question_id"] == [0, 2, 3] and 1 not in read
+    assert batch["num_skipped_media"] == 3  # record 1 was drawn as a demo by all three queries
+    assert batch["demo_mask"].sum(1).tolist() == [2, 2, 2]
 
 
 def test_model_forward_ignores_the_num_skipped_media_key(media):

@@ -20,18 +20,19 @@ It is "" (not cacheable) when the frames are not read by the pool's ``load_frame
 deterministic processor (any ``Random*``/``*Augment*`` transform, or no ``transform`` to describe).
 
 Bad media (``skip_bad_media``): by default an unreadable video/image raises ``MediaError`` naming
-the split, record and file (fail fast). With ``skip_bad_media: true`` the item is logged (once per
-file) and ``__getitem__`` returns None; an unreadable demonstration is dropped from its query. The
-collater replaces every None with another readable item of the split (seeded draw), so batches
-keep their size and are never empty, and reports ``batch["num_skipped_media"]``: the bad media
-files met while building this batch (skipped queries, failed replacement draws, dropped demos).
+the split, record and file. With ``skip_bad_media: true`` it is logged (once per file) and skipped:
+``__getitem__`` replaces an unreadable query by another readable item of the split (seeded draw)
+and drops an unreadable demonstration, so it never returns None (LAVIS's ``ConcatDataset``
+collater, around every training split, reads every sample first), and every item carries
+``_num_skipped_media`` (LAVIS's collater keeps only the keys all samples have), summed by the
+collater into ``batch["num_skipped_media"]``. :meth:`ICLDataset.exclude_bad_media` takes records
+found bad by the media check (runners/media_check.py) out up front.
 """
 import hashlib
 import json
 import logging
 import os
-import zlib
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -49,8 +50,9 @@ from lavis_mmict.datasets.records import (  # noqa: F401  (re-exported: the old 
 )
 
 SKIPPED_MEDIA_KEY = "num_skipped_media"
-# Per-item count of demonstrations dropped for bad media; summed into SKIPPED_MEDIA_KEY by the collater.
-_SKIPPED_DEMOS_KEY = "_num_skipped_demo_media"
+# Per-item count of bad media met building the item (a replaced query, failed replacement draws,
+# dropped demos); in every item, so LAVIS's ConcatDataset collater keeps it; summed by the collater.
+ITEM_SKIPPED_MEDIA_KEY = "_num_skipped_media"
 # Replacement draws tried before giving up on a split whose media are (nearly) all unreadable.
 MAX_REPLACEMENT_TRIES = 200
 _reported_media = set()
@@ -102,10 +104,14 @@ class ICLDataset(Dataset):
             ``text_output`` (captions: ``text_input`` is the caption, the prompt becomes text_input).
         caption_prompt: the query prompt of wrapped caption items.
 
-    ``self[i]`` (None for a skipped item)::
+    ``self[i]``::
 
         {"image": (F,3,H,W), "text_input": str, "text_output": str, ids...,
-         "demo_image": (k,F,3,H,W), "demo_text": k str, "demo_media_key": k str}
+         "demo_image": (k,F,3,H,W), "demo_text": k str, "demo_media_key": k str,
+         "_num_skipped_media": int}
+
+    Positions ``i`` run over the records kept after :meth:`exclude_bad_media` (all by default);
+    ``demo_indices`` and the records keep the wrapped dataset's indices.
     """
 
     def __init__(
@@ -129,6 +135,8 @@ class ICLDataset(Dataset):
         self.task_kind = task_kind
         self.caption_prompt = caption_prompt
         self.demo_vis_processor = demo_vis_processor
+        self._kept_indices = None  # dataset indices of the positions, after exclude_bad_media
+        self._bad_pool_indices = frozenset()  # pool records whose media the media check found bad
         self._demo_key_base = self._demo_frame_reading()
         self.demo_config = (
             demo_config if isinstance(demo_config, DemonstrationConfig)
@@ -162,7 +170,11 @@ class ICLDataset(Dataset):
         return getattr(wrapped, attribute)
 
     def __len__(self):
-        return len(self.dataset)
+        return len(self.dataset) if self._kept_indices is None else len(self._kept_indices)
+
+    def dataset_index(self, position: int) -> int:
+        """The wrapped dataset's index of item ``position``."""
+        return position if self._kept_indices is None else self._kept_indices[position]
 
     def set_epoch(self, epoch: int):
         """Training splits redraw demos each epoch; call before creating the epoch's iterator."""
@@ -254,17 +266,22 @@ class ICLDataset(Dataset):
                 item["text_output"] = most_common(answers) if self.is_train else answers
         return item
 
-    def __getitem__(self, index: int) -> Optional[dict]:
+    def __getitem__(self, position: int) -> dict:
         try:
-            item = self._query(index)
-        except MediaError as error:
+            return self._load_item(self.dataset_index(position))
+        except MediaError as error:  # the query's media (demos are dropped in _load_item)
             if not self.skip_bad_media:
                 raise
             _report_bad_media(self.name, error)
-            return None
+            return self._replacement(position)
 
+    def _load_item(self, index: int) -> dict:
+        item = self._query(index)
         frames, texts, keys, skipped = [], [], [], 0
         for pool_index in self.demo_indices(index):
+            if pool_index in self._bad_pool_indices:  # found bad by the media check: not read
+                skipped += 1
+                continue
             try:
                 frames.append(self._demo_frames(self.pool, pool_index))
             except MediaError as error:
@@ -279,42 +296,67 @@ class ICLDataset(Dataset):
         item["demo_image"] = torch.stack(frames) if frames else image.new_zeros((0,) + image.shape)
         item["demo_text"] = texts
         item["demo_media_key"] = keys
-        if skipped:
-            item[_SKIPPED_DEMOS_KEY] = skipped
+        item[ITEM_SKIPPED_MEDIA_KEY] = skipped
         return item
 
-    # ------------------------------------------------------------------ batching
-    def collater(self, samples: List[Optional[dict]]) -> dict:
-        """``collate_icl_samples`` after replacing skipped (None) items; adds ``num_skipped_media``."""
-        valid = [sample for sample in samples if sample is not None]
-        bad = len(samples) - len(valid)
-        if bad:
-            replacements, failed = self._replacements(bad, valid)
-            valid += replacements
-            bad += failed
-        bad += sum(sample.pop(_SKIPPED_DEMOS_KEY, 0) for sample in valid)
-        batch = collate_icl_samples(valid)
-        batch[SKIPPED_MEDIA_KEY] = bad
-        return batch
-
-    def _replacements(self, count: int, valid: List[dict]):
-        """``count`` readable items drawn at random (seeded by the batch) to stand in for skipped ones."""
-        ids = repr([sample.get("question_id", sample.get("image_id")) for sample in valid])
-        rng = np.random.default_rng([self.demo_config.seed, 7, self.epoch, count, zlib.crc32(ids.encode())])
-        replacements, failed = [], 0
+    def _replacement(self, position: int) -> dict:
+        """A readable item drawn at random (seeded by seed, epoch and ``position``) to stand in for
+        the unreadable item ``position``; its count includes the skipped query and failed draws."""
+        rng = np.random.default_rng([self.demo_config.seed, 7, self.epoch, int(position)])
+        failed = 1
         for candidate in rng.permutation(len(self))[:MAX_REPLACEMENT_TRIES].tolist():
-            item = self[candidate]
-            if item is None:
+            if candidate == position:
+                continue
+            try:
+                item = self._load_item(self.dataset_index(candidate))
+            except MediaError as error:
+                _report_bad_media(self.name, error)
                 failed += 1
                 continue
-            replacements.append(item)
-            if len(replacements) == count:
-                return replacements, failed
+            item[ITEM_SKIPPED_MEDIA_KEY] += failed
+            return item
         raise MediaError(
-            f"{self.name}: skip_bad_media could not find {count} readable item(s) to replace skipped "
-            f"ones in {min(len(self), MAX_REPLACEMENT_TRIES)} tries; check the media folder "
+            f"{self.name}: skip_bad_media could not find a readable item to replace an unreadable one "
+            f"in {min(len(self), MAX_REPLACEMENT_TRIES)} tries; check the media folder "
             f"{getattr(self.dataset, 'vis_root', '?')}"
         )
+
+    # ------------------------------------------------------------------ media check
+    def media_records(self):
+        """``(dataset, is_video)`` of the query split and the demo pool, those with ``media_path(i)``
+        (how any other dataset reads its media is unknown)."""
+        found = []
+        for dataset in {id(self.dataset): self.dataset, id(self.pool): self.pool}.values():
+            if hasattr(dataset, "media_path"):
+                found.append((dataset, getattr(dataset, "data_type", "videos") == "videos"))
+        return found
+
+    def exclude_bad_media(self, bad_paths: set) -> dict:
+        """Take the records whose media path is in ``bad_paths`` out: queries leave the split (its
+        positions shrink), pool records are never read as demonstrations (dropped and counted
+        when drawn). Returns ``{"queries": n excluded, "pool_records": n bad}``."""
+        bad_queries = _records_using(self.dataset, bad_paths)
+        if len(bad_queries) == len(self.dataset):
+            raise MediaError(f"{self.name}: the media of every record are unreadable; check the media "
+                             f"folder {getattr(self.dataset, 'vis_root', '?')}")
+        self._kept_indices = [i for i in range(len(self.dataset)) if i not in bad_queries] if bad_queries else None
+        self._bad_pool_indices = frozenset(_records_using(self.pool, bad_paths))
+        return {"queries": len(bad_queries), "pool_records": len(self._bad_pool_indices)}
+
+    # ------------------------------------------------------------------ batching
+    def collater(self, samples: List[dict]) -> dict:
+        """``collate_icl_samples``, plus ``num_skipped_media``: the sum of the items' counts."""
+        skipped = sum(int(sample.pop(ITEM_SKIPPED_MEDIA_KEY, 0)) for sample in samples)
+        batch = collate_icl_samples(samples)
+        batch[SKIPPED_MEDIA_KEY] = skipped
+        return batch
+
+
+def _records_using(dataset, paths: set) -> set:
+    """Indices of ``dataset``'s records whose media path is in ``paths`` (none without media_path)."""
+    if not hasattr(dataset, "media_path"):
+        return set()
+    return {i for i in range(len(dataset.annotation)) if dataset.media_path(i) in paths}
 
 
 # Per-sample values passed through as lists, when the samples carry them.

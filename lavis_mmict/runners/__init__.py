@@ -5,6 +5,7 @@
 - :mod:`.checkpointing`: checkpoint save, resume and reload-best.
 - :mod:`.loaders`: resumable samplers, epoch-aware loaders, seeds.
 - :mod:`.skipped_media`: counting media that datasets with ``skip_bad_media`` dropped.
+- :mod:`.media_check`: probing every used split's media before training (``run.check_media``).
 - :mod:`.device`: device, DDP and grad scaler on CUDA or CPU.
 
 What LAVIS 1.0.2's own runner gets wrong and how these handle it: ``docs/lavis-1.0.2-runner-notes.md``.

@@ -15,12 +15,14 @@ from lavis.runners.runner_iter import RunnerIter
 from lavis_mmict.runners.checkpointing import CheckpointingMixin
 from lavis_mmict.runners.device import DeviceSetupMixin
 from lavis_mmict.runners.loaders import RunnerLoadersMixin
+from lavis_mmict.runners.media_check import MediaCheckMixin
 from lavis_mmict.runners.skipped_media import SkippedMediaStatsMixin
 from lavis_mmict.runners.training_loop import TrainingLoopMixin
 
 
 class IclRunnerMixin(
-    TrainingLoopMixin, CheckpointingMixin, RunnerLoadersMixin, SkippedMediaStatsMixin, DeviceSetupMixin
+    TrainingLoopMixin, CheckpointingMixin, RunnerLoadersMixin, SkippedMediaStatsMixin, MediaCheckMixin,
+    DeviceSetupMixin,
 ):
     """Everything both runners override in LAVIS's runners (put it first in the bases)."""
 

@@ -3,7 +3,8 @@
 :class:`TrainingLoopMixin` replaces LAVIS's ``train``, ``eval_epoch`` and ``evaluate``: each
 training chunk (epoch, or inner epoch) is seeded from (``run.seed``, rank, chunk start), followed
 by validation and a resumable checkpoint; the test phase uses the best checkpoint. Batches stay on
-the runner's device (CPU too). Run config key: ``evaluate`` (default false). An evaluation whose
+the runner's device (CPU too). Both ``train`` and ``evaluate`` first run the media check of the
+splits they use (media_check.py). Run config key: ``evaluate`` (default false). An evaluation whose
 demonstrations come from the evaluated split itself logs ``<split>_transductive: true``.
 """
 import datetime
@@ -40,6 +41,8 @@ class TrainingLoopMixin:
         """
         start_time = time.time()
         self.log_config()
+        used = ([] if self.evaluate_only else list(self.train_splits)) + list(self.valid_splits)
+        self.check_media(used + list(self.test_splits))
         if not self.evaluate_only and self.resume_ckpt_path is not None:
             self._load_checkpoint(self.resume_ckpt_path)
 
@@ -120,6 +123,7 @@ class TrainingLoopMixin:
 
     def evaluate(self, cur_epoch="best", skip_reload=False):
         """LAVIS's test phase, plus its metrics in log.txt as ``<split>_<metric>`` (LAVIS logs val only)."""
+        self.check_media(list(self.test_splits))
         test_logs = super().evaluate(cur_epoch=cur_epoch, skip_reload=skip_reload)
         for split_name, split_log in (test_logs or {}).items():
             if split_log:
