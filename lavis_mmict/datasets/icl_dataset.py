@@ -19,6 +19,11 @@ processor), which the model's ``demo_feature_cache`` uses to reuse the clip's fr
 It is "" (not cacheable) when the frames are not read by the pool's ``load_frames`` with a
 deterministic processor (any ``Random*``/``*Augment*`` transform, or no ``transform`` to describe).
 
+Pool feature store (models/pool_store.py): ``stored_demo_keys`` is the set of keys whose frozen ViT
+output the model reads from the store. A demonstration with such a key is not decoded: its slot
+of ``demo_image`` holds zeros (a stride-0 view when every demo of the item is stored, so no memory)
+and the model never reads them.
+
 Bad media (``skip_bad_media``): by default an unreadable video/image raises ``MediaError`` naming
 the split, record and file (fail fast). With ``skip_bad_media: true`` the item is logged (once per
 file) and ``__getitem__`` returns None; an unreadable demonstration is dropped from its query. The
@@ -130,6 +135,7 @@ class ICLDataset(Dataset):
         self.caption_prompt = caption_prompt
         self.demo_vis_processor = demo_vis_processor
         self._demo_key_base = self._demo_frame_reading()
+        self.stored_demo_keys = frozenset()  # set by pool_store.attach_pool_store
         self.demo_config = (
             demo_config if isinstance(demo_config, DemonstrationConfig)
             else DemonstrationConfig.from_config(demo_config)
@@ -264,8 +270,10 @@ class ICLDataset(Dataset):
 
         frames, texts, keys, skipped = [], [], [], 0
         for pool_index in self.demo_indices(index):
+            key = self.demo_media_key(pool_index)
             try:
-                frames.append(self._demo_frames(self.pool, pool_index))
+                # a stored demo's features come from the pool feature store: no decoding
+                frames.append(None if key in self.stored_demo_keys else self._demo_frames(self.pool, pool_index))
             except MediaError as error:
                 if not self.skip_bad_media:
                     raise
@@ -273,9 +281,8 @@ class ICLDataset(Dataset):
                 skipped += 1
                 continue
             texts.append(format_demo_text(self.demo_config.template, self.pool.annotation[pool_index]))
-            keys.append(self.demo_media_key(pool_index))
-        image = item["image"]
-        item["demo_image"] = torch.stack(frames) if frames else image.new_zeros((0,) + image.shape)
+            keys.append(key)
+        item["demo_image"] = stack_demo_frames(frames, item["image"])
         item["demo_text"] = texts
         item["demo_media_key"] = keys
         if skipped:
@@ -316,6 +323,24 @@ class ICLDataset(Dataset):
         )
 
 
+def stack_demo_frames(frames: List[Optional[torch.Tensor]], query: torch.Tensor) -> torch.Tensor:
+    """k demo clips (None = stored, not decoded) -> (k, F, 3, H, W) shaped like ``query`` (F, 3, H, W):
+    zeros for stored ones, a stride-0 view of one zero when all are stored (no memory)."""
+    if all(clip is None for clip in frames):
+        return query.new_zeros(()).expand((len(frames),) + query.shape)
+    zeros = query.new_zeros(query.shape)
+    return torch.stack([zeros if clip is None else clip for clip in frames])
+
+
+def pad_demo_images(images: List[torch.Tensor]) -> torch.Tensor:
+    """Items' (k_i, F, 3, H, W) demo clips -> (B, K, F, 3, H, W), zero-padded; a stride-0 view when
+    no item holds a decoded clip (every demo in the pool feature store)."""
+    if any(image.numel() for image in images) and all(not image.numel() or not any(image.stride())
+                                                      for image in images):
+        return images[0].new_zeros(()).expand((len(images), max(len(image) for image in images)) + images[0].shape[1:])
+    return pad_sequence(images, batch_first=True)
+
+
 # Per-sample values passed through as lists, when the samples carry them.
 PASS_THROUGH_KEYS = ("question_id", "question_type", "answer_type", "video", "image_id")
 
@@ -335,7 +360,7 @@ def collate_icl_samples(samples: List[dict]) -> dict:
     K = 0 for the whole batch gives demo_image (B,0,F,3,H,W) and demo_mask (B,0).
     """
     demo_counts = torch.tensor([len(sample["demo_text"]) for sample in samples], dtype=torch.long)
-    demo_image = pad_sequence([sample["demo_image"] for sample in samples], batch_first=True)
+    demo_image = pad_demo_images([sample["demo_image"] for sample in samples])
     max_demos = demo_image.shape[1]
     batch = {
         "image": torch.stack([sample["image"] for sample in samples]),

@@ -208,13 +208,18 @@ class MMICTBlip2(Blip2ICLModel):
             features = self.visual_encoder(frames.flatten(0, 1))
         return features.reshape(num_items, num_frames, *features.shape[1:])
 
+    def vit_fingerprint(self, device):
+        """The demo feature cache's (and pool store's) fingerprint of the ViT as it runs on ``device``
+        now (call it inside ``encoding_context`` for the autocast dtype of a forward pass)."""
+        image_size = getattr(self.visual_encoder.patch_embed, "img_size", None)
+        return self.demo_feature_cache.encoder_fingerprint(self.visual_encoder, image_size, torch.device(device))
+
     def vit_features(self, frames, cache_keys=None):
         """Frozen ViT outputs of M clips: cached ones read, all others computed in one ViT call."""
         cache = self.demo_feature_cache
         if not cache.enabled or not cache_keys or not any(cache_keys):
             return self.run_vit(frames)
-        fingerprint = cache.encoder_fingerprint(
-            self.visual_encoder, getattr(self.visual_encoder.patch_embed, "img_size", None), frames.device)
+        fingerprint = self.vit_fingerprint(frames.device)
         cached = cache.lookup(fingerprint, cache_keys)
         missing = [i for i, features in enumerate(cached) if features is None]
         found = [i for i, features in enumerate(cached) if features is not None]
