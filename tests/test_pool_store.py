@@ -160,3 +160,25 @@ def test_two_ranks_fill_one_store_equal_to_a_single_process_fill(data, tmp_path)
         np.testing.assert_array_equal(a["features"], b["features"])
         np.testing.assert_array_equal(a["valid"], b["valid"])
         assert a["valid"].all() and len(a["features"]) == 5
+
+
+@pytest.mark.slow
+def test_fill_command_then_training_that_uses_the_store(tmp_path):
+    """The standalone command (2 ranks) fills the store; train.py with `use` reads it (2 ranks)."""
+    from _subprocesses import torchrun
+
+    options = [
+        "datasets.synthetic_videoqa_icl.build_info.num_clips.train=6",
+        "datasets.synthetic_videoqa_icl.build_info.num_clips.val=2",
+        "datasets.synthetic_videoqa_icl.build_info.num_clips.test=2",
+        f"datasets.synthetic_videoqa_icl.build_info.storage={tmp_path / 'data'}",
+        f"model.demo_feature_store_dir={tmp_path / 'store'}",
+        f"run.output_dir={tmp_path / 'output'}", "run.num_workers=0",
+        "run.max_epoch=1", "run.batch_size_train=4", "run.batch_size_eval=8", "run.warmup_steps=1",
+    ]
+    filled = torchrun("run_scripts/data/fill_feature_store.py", "projects/mmict/demo.yaml", options)
+    assert "demo feature store" in filled.stdout and ": 10 clips" in filled.stdout  # every split's pool
+    (folder,) = os.listdir(tmp_path / "store")
+    assert len(json.load(open(tmp_path / "store" / folder / "store.json"))["parts"]) == 2  # one per rank
+    trained = torchrun("train.py", "projects/mmict/demo.yaml", options + ["model.demo_feature_store=use"])
+    assert "10 clips; stored demos are not decoded" in trained.stdout + trained.stderr

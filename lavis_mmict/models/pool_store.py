@@ -133,6 +133,17 @@ class PoolFeatureStore:
 
 
 # ---------------------------------------------------------------------------- filling
+def share_rank0_encoder(model):
+    """Give every rank rank 0's ViT weights, as DDP does when it wraps the model later: an encoder
+    without pretrained weights is initialised with each rank's own seed (``run.seed + rank``)."""
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        for tensor in model.visual_encoder.state_dict().values():
+            dist.broadcast(tensor, src=0)
+        model.demo_feature_cache.forget_encoder()
+
+
 def running_fingerprint(model, device) -> str:
     """The encoder fingerprint the model's forward pass will look entries up by (autocast included)."""
     with model.encoding_context():
@@ -165,6 +176,7 @@ def fill_pool_store(model, icl_datasets, directory: str, device, batch_size: int
     """Compute and store the ViT output of every pool clip not stored yet, sharded across ranks;
     every rank calls it. Returns the opened store. ``model``: an ``MMICTBlip2`` on ``device``."""
     device = torch.device(device)
+    share_rank0_encoder(model)
     fingerprint = running_fingerprint(model, device)
     store = PoolFeatureStore(directory, fingerprint)
     stored = store.open().keys() if store.exists() else frozenset()
@@ -248,6 +260,7 @@ def attach_pool_store(cfg, model, datasets) -> Optional[PoolFeatureStore]:
                                 batch_size=cfg.run_cfg.get("batch_size_eval", 32),
                                 num_workers=cfg.run_cfg.get("num_workers", 2))
     else:
+        share_rank0_encoder(model)
         store = PoolFeatureStore(directory, running_fingerprint(model, device)).open()
     model.demo_feature_cache.pool_store = store
     for dataset in icl_datasets:
