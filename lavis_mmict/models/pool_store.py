@@ -201,7 +201,7 @@ def fill_pool_store(model, icl_datasets, directory: str, device, batch_size: int
         with model.encoding_context():
             features = model.run_vit(frames.to(device)).cpu()
         for position, value in zip(positions, features):
-            buffer[items[position][0]] = value.contiguous()
+            buffer[items[position][0]] = value.clone()  # its own storage: no shared-memory tensors in a file
             size += value.numel() * value.element_size()
         if size >= PART_BYTES:
             _write_part(store.folder, fingerprint, buffer)
