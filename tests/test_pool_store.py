@@ -182,3 +182,19 @@ def test_fill_command_then_training_that_uses_the_store(tmp_path):
     assert len(json.load(open(tmp_path / "store" / folder / "store.json"))["parts"]) == 2  # one per rank
     trained = torchrun("train.py", "projects/mmict/demo.yaml", options + ["model.demo_feature_store=use"])
     assert "10 clips; stored demos are not decoded" in trained.stdout + trained.stderr
+
+
+@pytest.mark.slow
+def test_precompute_similar_features_command_on_two_ranks(tmp_path):
+    from _subprocesses import torchrun
+
+    prefix = "datasets.synthetic_videoqa_icl"
+    options = [f"{prefix}.build_info.num_clips.train=6", f"{prefix}.build_info.num_clips.val=2",
+               f"{prefix}.build_info.num_clips.test=2", f"{prefix}.build_info.storage={tmp_path / 'data'}",
+               f"{prefix}.demonstrations.strategy=similar", f"{prefix}.demonstrations.feature_cache={tmp_path / 'sim'}",
+               f"{prefix}.demonstrations.encoder.vit_model=tiny", f"{prefix}.demonstrations.encoder.image_size=32",
+               f"{prefix}.demonstrations.encoder.num_workers=1", f"run.output_dir={tmp_path / 'output'}"]
+    result = torchrun("run_scripts/data/precompute_similar_features.py", "projects/mmict/demo.yaml", options)
+    assert "similar features ready for" in result.stdout
+    files = sorted(os.listdir(tmp_path / "sim"))
+    assert len(files) == 3 and all(name.endswith(".npz") for name in files)  # one per split, shards merged
