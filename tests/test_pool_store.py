@@ -56,11 +56,11 @@ def test_stored_demos_are_not_decoded_and_the_loss_is_unchanged(data, tmp_path, 
     decoded = count_decoded_demos(dataset, monkeypatch)
     items = [dataset[i] for i in range(4)]
     assert decoded == []  # no demo clip decoded
-    for item in items:  # the key is emitted, the frames are a zero-size view
+    for item in items:  # the key is emitted, no frames
         assert all(key in store for key in item["demo_media_key"]) and len(item["demo_media_key"]) == 2
-        assert not any(item["demo_image"].stride())
+        assert item["demo_image"].shape == (2, 2, 3, 0, 0)
     batch = dataset.collater(items)
-    assert batch["demo_image"].shape[:2] == (4, 2) and not any(batch["demo_image"].stride())
+    assert batch["demo_image"].shape == (4, 2, 2, 3, 0, 0)
     reference = plain_data.collater([plain_data[i] for i in range(4)])
     assert batch["demo_media_key"] == reference["demo_media_key"]
     with torch.no_grad():
@@ -78,11 +78,15 @@ def test_stored_demos_are_not_decoded_and_the_loss_is_unchanged(data, tmp_path, 
 def test_mixed_items_stack_zeros_for_stored_demos_only(data, tmp_path):
     dataset = icl(data)
     store = fill(build_model(), dataset, tmp_path / "store")
-    dataset.stored_demo_keys = frozenset(list(store.keys())[:2])
-    for index in range(len(dataset)):
-        item = dataset[index]
+    dataset.stored_demo_keys = frozenset(dataset[0]["demo_media_key"])  # item 0's (1-2 of the 5 clips)
+    assert dataset.stored_demo_keys <= store.keys()
+    items = [dataset[index] for index in range(len(dataset))]
+    batch = dataset.collater(items)
+    assert batch["demo_image"].shape == (len(items), 2, 2, 3, 32, 32)
+    for index, item in enumerate(items):
         for slot, key in enumerate(item["demo_media_key"]):
-            assert (key in dataset.stored_demo_keys) == (not item["demo_image"][slot].any())
+            assert (key in dataset.stored_demo_keys) == (not batch["demo_image"][index, slot].any())
+    assert any(item["demo_image"].numel() == 0 for item in items)  # some items had all demos stored
 
 
 def test_a_store_of_another_encoder_is_refused_and_fill_builds_its_own(data, tmp_path):

@@ -21,8 +21,9 @@ deterministic processor (any ``Random*``/``*Augment*`` transform, or no ``transf
 
 Pool feature store (models/pool_store.py): ``stored_demo_keys`` is the set of keys whose frozen ViT
 output the model reads from the store. A demonstration with such a key is not decoded: its slot
-of ``demo_image`` holds zeros (a stride-0 view when every demo of the item is stored, so no memory)
-and the model never reads them.
+of ``demo_image`` holds zeros, and when every demo of an item (a batch) is stored, ``demo_image``
+is (k, F, 3, 0, 0) ((B, K, F, 3, 0, 0)): no frames are made, pinned or copied to the GPU; the
+model reads the stored features instead.
 
 Bad media (``skip_bad_media``): by default an unreadable video/image raises ``MediaError`` naming
 the split, record and file (fail fast). With ``skip_bad_media: true`` the item is logged (once per
@@ -324,21 +325,27 @@ class ICLDataset(Dataset):
 
 
 def stack_demo_frames(frames: List[Optional[torch.Tensor]], query: torch.Tensor) -> torch.Tensor:
-    """k demo clips (None = stored, not decoded) -> (k, F, 3, H, W) shaped like ``query`` (F, 3, H, W):
-    zeros for stored ones, a stride-0 view of one zero when all are stored (no memory)."""
-    if all(clip is None for clip in frames):
-        return query.new_zeros(()).expand((len(frames),) + query.shape)
+    """k demo clips (None = stored, not decoded) -> (k, F, 3, H, W) shaped like ``query`` (F, 3, H, W),
+    zeros for stored ones; (k, F, 3, 0, 0), no memory, when all k are stored."""
+    if frames and all(clip is None for clip in frames):
+        return query.new_zeros((len(frames),) + query.shape[:-2] + (0, 0))
     zeros = query.new_zeros(query.shape)
-    return torch.stack([zeros if clip is None else clip for clip in frames])
+    return torch.stack([zeros if clip is None else clip for clip in frames]) if frames else query.new_zeros(
+        (0,) + query.shape)
 
 
 def pad_demo_images(images: List[torch.Tensor]) -> torch.Tensor:
-    """Items' (k_i, F, 3, H, W) demo clips -> (B, K, F, 3, H, W), zero-padded; a stride-0 view when
-    no item holds a decoded clip (every demo in the pool feature store)."""
-    if any(image.numel() for image in images) and all(not image.numel() or not any(image.stride())
-                                                      for image in images):
-        return images[0].new_zeros(()).expand((len(images), max(len(image) for image in images)) + images[0].shape[1:])
-    return pad_sequence(images, batch_first=True)
+    """Items' (k_i, F, 3, H, W) demo clips -> (B, K, F, 3, H, W), zero-padded. When no item holds a
+    decoded clip but some hold stored ones (pool feature store), (B, K, F, 3, 0, 0): no frames travel."""
+    stored = [image for image in images if len(image) and not image.numel()]
+    if not stored:
+        return pad_sequence(images, batch_first=True)
+    decoded = [image for image in images if image.numel()]
+    if not decoded:
+        return stored[0].new_zeros((len(images), max(len(image) for image in images)) + stored[0].shape[1:])
+    shape = decoded[0].shape[1:]
+    return pad_sequence([image.new_zeros((len(image),) + shape) if not image.numel() else image
+                         for image in images], batch_first=True)
 
 
 # Per-sample values passed through as lists, when the samples carry them.
