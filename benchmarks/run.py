@@ -39,7 +39,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", choices=["tiny", "small", "real"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tables", default="1,2,3,4,5", help="comma-separated table numbers")
+    parser.add_argument("--tables", default="1,2,3,4,5,6", help="comma-separated table numbers")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median)")
     parser.add_argument("--table1-tiny", action="store_true",
                         help="also run table 1 at the tiny size (what `make bench` does)")
@@ -54,7 +54,7 @@ def main(argv=None):
 
     if torch.device(args.device).type == "cpu":
         torch.set_num_threads(args.threads)
-    from benchmarks import tables
+    from benchmarks import loading, tables
 
     wanted = {int(t) for t in args.tables.split(",") if t.strip()}
     started = time.perf_counter()
@@ -81,6 +81,8 @@ def main(argv=None):
         runs.append(lambda: tables.aim_bank(args.size, args.device, args.rounds))
     if 5 in wanted:
         runs.append(lambda: tables.batched_generation(args.size, args.device, args.rounds))
+    if 6 in wanted:  # benchmarks/loading.py: data loading with demonstrations, pool feature store
+        runs.append(lambda: loading.loader_speed(args.size, args.device, args.rounds, os.path.join(args.out, "loader_data")))
     for run in runs:
         table_started = time.perf_counter()
         table = run()

@@ -31,6 +31,7 @@ from lavis_mmict.config_checks import DEFAULT_RUNNER, check_config_names
 from lavis_mmict.datasets.media import MediaError
 from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
 from lavis_mmict.errors import ConfigError
+from lavis_mmict.models.pool_store import attach_pool_store
 from lavis_mmict.reports import write_sweep_report
 from lavis_mmict.tasks.evaluation import format_metrics_table
 
@@ -116,6 +117,7 @@ def build_runner(args):
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
+    attach_pool_store(cfg, model, datasets)  # model.demo_feature_store (models/pool_store.py)
 
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", DEFAULT_RUNNER))
     return runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)

@@ -148,3 +148,31 @@ def test_content_key_and_memory_limit():
     for i in range(3):
         bank.store("fp", [str(i)], [torch.zeros(1, 1)])
     assert bank.lookup("fp", ["0", "1", "2"])[0] is None and bank.stats()["entries"] == 2
+
+
+def test_media_keys_replace_pixel_hashing_with_identical_entries_and_outputs(monkeypatch):
+    from lavis_mmict.models import demo_bank
+
+    hashed = []
+    original = demo_bank.demo_content_key
+    monkeypatch.setattr(demo_bank, "demo_content_key", lambda pixels, text: hashed.append(text) or original(pixels, text))
+    by_pixels, by_media = build(demo_bank={"enabled": True}).eval(), build(demo_bank={"enabled": True}).eval()
+    calls = counting_reads(by_media)
+    keyed = make_batch()
+    keyed["demo_media_key"] = [["clipA", "clipB", ""], ["clipC", "", ""]]  # the 3 real demos keyed
+    with torch.no_grad():
+        reference = by_pixels(make_batch())["loss"]
+        assert len(hashed) == 3  # without media keys, every demo's pixels are hashed
+        hashed.clear()
+        assert torch.equal(by_media(keyed)["loss"], reference)
+        assert hashed == [] and calls == [3]  # keyed: no pixel read for the key
+        assert torch.equal(by_media(keyed)["loss"], reference)
+        assert hashed == [] and calls == [3] and by_media.demo_bank.stats()["hits"] == 3
+    # the same entries (values) under the new keys
+    assert sorted(v.sum().item() for v in by_media.demo_bank._memory.values()) == \
+        sorted(v.sum().item() for v in by_pixels.demo_bank._memory.values())
+    # a demo without a media key ("") falls back to its pixels: only that one is hashed
+    keyed["demo_media_key"][0][1] = ""
+    with torch.no_grad():
+        assert torch.equal(by_media(keyed)["loss"], reference)
+    assert hashed == ["a red square"]

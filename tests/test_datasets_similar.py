@@ -173,8 +173,8 @@ def test_feature_cache_is_reused_and_invalidated_by_data_or_encoder_changes(tmp_
     names = twin_images(str(tmp_path), pairs=3)
     cache = tmp_path / "cache"
     calls = []
-    real_encode = similarity._encode_sources
-    monkeypatch.setattr(similarity, "_encode_sources", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
+    real_encode = similarity._encode_shard
+    monkeypatch.setattr(similarity, "_encode_shard", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
 
     first = build_imageqa(str(tmp_path), names, names[:2], cache, num=1)
     cached = sorted(os.listdir(cache))

@@ -19,6 +19,12 @@ processor), which the model's ``demo_feature_cache`` uses to reuse the clip's fr
 It is "" (not cacheable) when the frames are not read by the pool's ``load_frames`` with a
 deterministic processor (any ``Random*``/``*Augment*`` transform, or no ``transform`` to describe).
 
+Pool feature store (models/pool_store.py): ``stored_demo_keys`` is the set of keys whose frozen ViT
+output the model reads from the store. A demonstration with such a key is not decoded: its slot
+of ``demo_image`` holds zeros, and when every demo of an item (a batch) is stored, ``demo_image``
+is (k, F, 3, 0, 0) ((B, K, F, 3, 0, 0)): no frames are made, pinned or copied to the GPU; the
+model reads the stored features instead.
+
 Bad media (``skip_bad_media``): by default an unreadable video/image raises ``MediaError`` naming
 the split, record and file. With ``skip_bad_media: true`` it is logged (once per file) and skipped:
 ``__getitem__`` replaces an unreadable query by another readable item of the split (seeded draw)
@@ -138,6 +144,7 @@ class ICLDataset(Dataset):
         self._kept_indices = None  # dataset indices of the positions, after exclude_bad_media
         self._bad_pool_indices = frozenset()  # pool records whose media the media check found bad
         self._demo_key_base = self._demo_frame_reading()
+        self.stored_demo_keys = frozenset()  # set by pool_store.attach_pool_store
         self.demo_config = (
             demo_config if isinstance(demo_config, DemonstrationConfig)
             else DemonstrationConfig.from_config(demo_config)
@@ -282,8 +289,10 @@ class ICLDataset(Dataset):
             if pool_index in self._bad_pool_indices:  # found bad by the media check: not read
                 skipped += 1
                 continue
+            key = self.demo_media_key(pool_index)
             try:
-                frames.append(self._demo_frames(self.pool, pool_index))
+                # a stored demo's features come from the pool feature store: no decoding
+                frames.append(None if key in self.stored_demo_keys else self._demo_frames(self.pool, pool_index))
             except MediaError as error:
                 if not self.skip_bad_media:
                     raise
@@ -291,9 +300,8 @@ class ICLDataset(Dataset):
                 skipped += 1
                 continue
             texts.append(format_demo_text(self.demo_config.template, self.pool.annotation[pool_index]))
-            keys.append(self.demo_media_key(pool_index))
-        image = item["image"]
-        item["demo_image"] = torch.stack(frames) if frames else image.new_zeros((0,) + image.shape)
+            keys.append(key)
+        item["demo_image"] = stack_demo_frames(frames, item["image"])
         item["demo_text"] = texts
         item["demo_media_key"] = keys
         item[ITEM_SKIPPED_MEDIA_KEY] = skipped
@@ -359,6 +367,30 @@ def _records_using(dataset, paths: set) -> set:
     return {i for i in range(len(dataset.annotation)) if dataset.media_path(i) in paths}
 
 
+def stack_demo_frames(frames: List[Optional[torch.Tensor]], query: torch.Tensor) -> torch.Tensor:
+    """k demo clips (None = stored, not decoded) -> (k, F, 3, H, W) shaped like ``query`` (F, 3, H, W),
+    zeros for stored ones; (k, F, 3, 0, 0), no memory, when all k are stored."""
+    if frames and all(clip is None for clip in frames):
+        return query.new_zeros((len(frames),) + query.shape[:-2] + (0, 0))
+    zeros = query.new_zeros(query.shape)
+    return torch.stack([zeros if clip is None else clip for clip in frames]) if frames else query.new_zeros(
+        (0,) + query.shape)
+
+
+def pad_demo_images(images: List[torch.Tensor]) -> torch.Tensor:
+    """Items' (k_i, F, 3, H, W) demo clips -> (B, K, F, 3, H, W), zero-padded. When no item holds a
+    decoded clip but some hold stored ones (pool feature store), (B, K, F, 3, 0, 0): no frames travel."""
+    stored = [image for image in images if len(image) and not image.numel()]
+    if not stored:
+        return pad_sequence(images, batch_first=True)
+    decoded = [image for image in images if image.numel()]
+    if not decoded:
+        return stored[0].new_zeros((len(images), max(len(image) for image in images)) + stored[0].shape[1:])
+    shape = decoded[0].shape[1:]
+    return pad_sequence([image.new_zeros((len(image),) + shape) if not image.numel() else image
+                         for image in images], batch_first=True)
+
+
 # Per-sample values passed through as lists, when the samples carry them.
 PASS_THROUGH_KEYS = ("question_id", "question_type", "answer_type", "video", "image_id")
 
@@ -378,7 +410,7 @@ def collate_icl_samples(samples: List[dict]) -> dict:
     K = 0 for the whole batch gives demo_image (B,0,F,3,H,W) and demo_mask (B,0).
     """
     demo_counts = torch.tensor([len(sample["demo_text"]) for sample in samples], dtype=torch.long)
-    demo_image = pad_sequence([sample["demo_image"] for sample in samples], batch_first=True)
+    demo_image = pad_demo_images([sample["demo_image"] for sample in samples])
     max_demos = demo_image.shape[1]
     batch = {
         "image": torch.stack([sample["image"] for sample in samples]),

@@ -12,7 +12,10 @@ default ``output/cache/demo_features``, relative to the current directory like t
 seed), the frame reading (frames, sampling, processor) and the data (every source's path, size and
 mtime), so changing any of them computes new features; an unchanged setup reuses the file across
 runs and processes. The file is written under a temporary name and renamed (never half-written).
-Distributed runs: rank 0 computes and writes, the other ranks wait at a barrier and read it.
+Distributed runs: every rank encodes its share of the sources (datasets/sharded_media.py: batches
+of ``encoder.batch_size`` read by ``encoder.num_workers`` DataLoader processes, a progress bar) and
+writes it beside the cache file; rank 0 gathers the shares into the one file, which every rank
+reads. ``run_scripts/data/precompute_similar_features.py`` does this before a job.
 """
 import hashlib
 import json
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lavis_mmict.atomic import atomic_output
-from lavis_mmict.datasets.media import MediaError
+from lavis_mmict.datasets.sharded_media import barrier, rank_and_world, shard_batches
 
 FEATURE_VERSION = 1
 
@@ -41,6 +44,7 @@ class EncoderConfig:
     vit_precision: str = "fp16"     # fp16 on CUDA only; CPU always uses fp32
     seed: int = 0                   # initialisation of an encoder without weights (tiny)
     batch_size: int = 32            # sources per encoder call
+    num_workers: int = 2            # DataLoader processes reading the sources, per rank
     device: str = "auto"            # auto (cuda if available) | cuda | cpu
 
     @classmethod
@@ -84,7 +88,7 @@ def encoder_fingerprint(config: EncoderConfig) -> dict:
 
     weights = config.vit_weights or (VISION_PRESETS.get(config.vit_model) or {}).get("weights_url")
     stamp = _file_stamp(weights) if weights and os.path.isfile(weights) else None
-    fields = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "device")}
+    fields = {k: v for k, v in asdict(config).items() if k not in ("batch_size", "num_workers", "device")}
     return dict(fields, weights=weights, weights_stamp=stamp)
 
 
@@ -130,7 +134,7 @@ def compute_source_features(
         frame_reading: what else decides the frames (num_frames, sampling, processor), fingerprinted.
         skip_bad_media: unreadable media get an invalid (never chosen) row instead of an error.
     """
-    from lavis.common.dist_utils import get_rank, is_dist_avail_and_initialized
+    from lavis.common.dist_utils import get_rank
 
     config = encoder_cfg if isinstance(encoder_cfg, EncoderConfig) else EncoderConfig.from_config(encoder_cfg)
     keys, record_rows = source_rows(media_keys)
@@ -146,15 +150,13 @@ def compute_source_features(
     }, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = os.path.join(os.path.abspath(cache_dir), f"{name.replace('/', '-')}-{fingerprint}.npz")
 
-    distributed = is_dist_avail_and_initialized()
-    if get_rank() == 0 and not os.path.isfile(path):
-        features, valid = _encode_sources(keys, first_record, load_frames, config, name, skip_bad_media)
-        _save_atomic(path, features, valid)
-        logging.info("%s: visual features of %d sources written to %s", name, len(keys), path)
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()  # every rank calls it, whether or not the file existed, so none hangs
+    if not _decided_by_rank0(os.path.isfile(path)):
+        _encode_shard(path, keys, first_record, load_frames, config, name, skip_bad_media)
+        barrier()
+        if get_rank() == 0:
+            _gather_shards(path, len(keys))
+            logging.info("%s: visual features of %d sources written to %s", name, len(keys), path)
+        barrier()
     with np.load(path, allow_pickle=False) as stored:
         features, valid = stored["features"], stored["valid"]
     if len(features) != len(keys):
@@ -162,31 +164,38 @@ def compute_source_features(
     return SourceFeatures(features, valid, record_rows)
 
 
+def _decided_by_rank0(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (ranks must agree on whether to encode)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    decision = [value]
+    dist.broadcast_object_list(decision, src=0)
+    return decision[0]
+
+
+def _shard_path(path: str, rank: int, world: int) -> str:
+    return f"{path[:-len('.npz')]}.rank{rank}-of-{world}.npz"
+
+
 @torch.no_grad()
-def _encode_sources(keys, first_record, load_frames, config: EncoderConfig, name, skip_bad_media):
+def _encode_shard(path, keys, first_record, load_frames, config: EncoderConfig, name, skip_bad_media):
+    """Encode this rank's share of the sources; write (rows, features, valid) beside ``path``."""
     if config.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
     encoder = _build_encoder(config, device)
     dtype = next(encoder.parameters()).dtype
-    features = np.zeros((len(keys), encoder.num_features), dtype=np.float32)
-    valid = np.ones(len(keys), dtype=bool)
-    for start in range(0, len(keys), config.batch_size):
-        rows, clips = [], []
-        for row in range(start, min(start + config.batch_size, len(keys))):
-            try:
-                clips.append(load_frames(int(first_record[row])))
-                rows.append(row)
-            except MediaError as error:
-                if not skip_bad_media:
-                    raise
-                logging.warning("%s: skipping unreadable media for similarity features: %s", name, error)
-                valid[row] = False
-        if not clips:
+    rows, features, failed = [], [], []
+    for positions, frames, bad in shard_batches(len(keys), lambda row: load_frames(int(first_record[row])),
+                                                config.batch_size, config.num_workers,
+                                                f"{name}: similar features", skip_bad_media):
+        failed += bad
+        if frames is None:
             continue
-        frames = torch.stack(clips)  # (S, F, 3, H, W)
-        num_sources, num_frames = frames.shape[:2]
+        num_sources, num_frames = frames.shape[:2]  # (S, F, 3, H, W)
         flat = frames.flatten(0, 1).to(device=device, dtype=dtype)
         if flat.shape[-1] != config.image_size or flat.shape[-2] != config.image_size:
             flat = F.interpolate(flat, size=(config.image_size, config.image_size), mode="bicubic",
@@ -194,8 +203,29 @@ def _encode_sources(keys, first_record, load_frames, config: EncoderConfig, name
         tokens = encoder(flat).float()  # (S*F, 1 + patches, D)
         tokens = F.layer_norm(tokens, tokens.shape[-1:])
         pooled = tokens.mean(dim=1).view(num_sources, num_frames, -1).mean(dim=1)
-        features[rows] = F.normalize(pooled, dim=-1).cpu().numpy()
-    return features, valid
+        rows += positions
+        features.append(F.normalize(pooled, dim=-1).cpu().numpy())
+    rank, world = rank_and_world()
+    with atomic_output(_shard_path(path, rank, world), keep_extension=True) as temporary:
+        np.savez(temporary, rows=np.asarray(rows + failed, dtype=np.int64),
+                 features=np.concatenate(features) if features else np.zeros((0, encoder.num_features), np.float32),
+                 valid=np.asarray([True] * len(rows) + [False] * len(failed)))
+
+
+def _gather_shards(path: str, num_sources: int):
+    """Rank 0: the ranks' shares -> the one cache file (rows of unreadable sources stay zero, invalid)."""
+    _, world = rank_and_world()
+    features, valid = None, np.zeros(num_sources, dtype=bool)
+    for rank in range(world):
+        shard = _shard_path(path, rank, world)
+        with np.load(shard, allow_pickle=False) as part:
+            rows, part_valid = part["rows"], part["valid"]
+            if features is None:
+                features = np.zeros((num_sources, part["features"].shape[1]), dtype=np.float32)
+            features[rows[part_valid]] = part["features"]
+            valid[rows] = part_valid
+        os.remove(shard)
+    _save_atomic(path, features, valid)
 
 
 def _save_atomic(path: str, features: np.ndarray, valid: np.ndarray):

@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pad_sequence
 from lavis_mmict import backbones
 from lavis_mmict.models.base import LLM_FAMILIES, SEPARATOR_TOKEN, Blip2ICLModel, EncodedBatch, query_clips
 from lavis_mmict.models.blip2_checkpoint import load_same_names
-from lavis_mmict.models.demo_bank import DemoBank, demo_content_key, module_fingerprint
+from lavis_mmict.models.demo_bank import DemoBank, demo_bank_keys, module_fingerprint
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "models")
 
@@ -301,8 +301,9 @@ class AIMOpt(Blip2ICLModel):
         lengths = text_mask[:, 1:].sum(dim=1).tolist()
         return [hidden[i, :length] for i, length in enumerate(lengths)]
 
-    def bank_lookup(self, demo_frames, demo_texts):
-        """Look M demos up in the bank.
+    def bank_lookup(self, demo_frames, demo_texts, media_keys=None):
+        """Look M demos up in the bank, keyed by their media keys (M strings or None; "" = none:
+        then by their pixels, see demo_bank.demo_bank_keys).
 
         Returns ((cached states or None per demo, content keys, fingerprint) or None when the bank
         is off, indices of the demos the model must read).
@@ -316,7 +317,7 @@ class AIMOpt(Blip2ICLModel):
         if bank is None:
             return None, list(range(len(demo_texts)))
         fingerprint = self.fingerprint()
-        keys = [demo_content_key(frames, text) for frames, text in zip(demo_frames, demo_texts)]
+        keys = demo_bank_keys(demo_frames, demo_texts, media_keys)
         cached = bank.lookup(fingerprint, keys)
         missing = [i for i, value in enumerate(cached) if value is None]
         return (cached, keys, fingerprint), missing
@@ -339,7 +340,9 @@ class AIMOpt(Blip2ICLModel):
         if self.demo_format == "fused":
             # views of each demo's frames: demos the bank holds are never copied
             demo_image = demos.all_clips()
-            bank_state, missing = self.bank_lookup([demo_image[b, k] for b, k in demos.pairs], demos.texts)
+            media_keys = demos.pick(samples["demo_media_key"]) if "demo_media_key" in samples else None
+            bank_state, missing = self.bank_lookup([demo_image[b, k] for b, k in demos.pairs], demos.texts,
+                                                   media_keys)
 
         # One ViT + Q-Former call over the queries and the demos that must be read.
         with torch.set_grad_enabled(base_grad):

@@ -4,8 +4,11 @@ AIM's MLLM is frozen, so the hidden states it produces at a demonstration's text
 change: they are cached here *before* the trainable projection, so one cache serves evaluation and
 training alike. An entry is found by
 
-- a **content key**: a hash of what the model reads for the demo (its processed pixels, their
-  shape and dtype, and its text), see :func:`demo_content_key`;
+- a **content key**: a hash of the dataset's ``demo_media_key`` of the demo's clip (a digest of
+  the media file's identity and how its frames are read, see ``ICLDataset.demo_media_key``) and
+  its text, see :func:`demo_media_text_key`; only where the batch has no media key (``""``, or no
+  ``demo_media_key`` at all) a hash of its processed pixels (values, shape, dtype) and its text,
+  see :func:`demo_content_key`, which reads every pixel of the demo each step;
 - a **model fingerprint**: a hash of the frozen model's reading path (weights, layer, text length,
   tokenizer, compute dtype), see :func:`module_fingerprint`. A different model, checkpoint or
   layer gives another fingerprint, so a stale entry is never used.
@@ -38,6 +41,23 @@ def demo_content_key(pixels: torch.Tensor, text: str) -> str:
     digest.update(b"\x00text\x00")
     digest.update(text.encode("utf-8"))
     return digest.hexdigest()
+
+
+def demo_media_text_key(media_key: str, text: str) -> str:
+    """sha256 of a demonstration's ``demo_media_key`` and its text (never equal to a pixel key)."""
+    return hashlib.sha256(b"media\x00" + media_key.encode() + b"\x00text\x00" + text.encode("utf-8")).hexdigest()
+
+
+def demo_bank_keys(demo_frames: Sequence[torch.Tensor], texts: Sequence[str],
+                   media_keys: Optional[Sequence[str]] = None) -> List[str]:
+    """The bank key of each of M demos: from its media key where it has one, else from its pixels.
+
+    demo_frames: M processed clips (each hashed only when it has no media key); texts: M strings;
+    media_keys: M ``demo_media_key`` strings ("" = none), or None.
+    """
+    media_keys = media_keys or [""] * len(texts)
+    return [demo_media_text_key(media, text) if media else demo_content_key(frames, text)
+            for frames, text, media in zip(demo_frames, texts, media_keys)]
 
 
 def module_fingerprint(named_tensors: Iterable, extra: Sequence = ()) -> str:

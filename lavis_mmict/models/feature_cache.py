@@ -15,6 +15,11 @@ Modes: ``none`` (off), ``memory`` (this process, bounded LRU of CPU tensors), ``
 layer in front of one ``.safetensors`` file per clip under ``<dir>/<fingerprint>/``, written
 atomically, so ranks and later runs share it; never pickle). The storing is models/tensor_store.py;
 this module is the key policy: what a clip's key and the encoder's fingerprint are.
+
+Pool feature store (models/pool_store.py, ``model.demo_feature_store``): when one is attached as
+``pool_store``, a lookup consults it after the memory layer (the cache is then on even in mode
+``none``), and a lookup under another fingerprint is a ``FeatureStoreError``: the dataset emitted
+no frames for the stored clips, so they cannot be recomputed.
 """
 import hashlib
 import json
@@ -76,14 +81,32 @@ class DemoFeatureCache(TensorStore):
             raise ValueError(f"Unknown model.demo_feature_cache {mode!r}; valid: {list(CACHE_MODES)}")
         if int(memory_items) < 0:
             raise ValueError(f"model.demo_feature_cache_memory_items must be >= 0, got {memory_items}")
-        super().__init__(max_items=memory_items,
+        super().__init__(max_items=memory_items if mode != "none" else 0,
                          disk_dir=(directory or DEFAULT_CACHE_DIR) if mode == "disk" else None)
         self.mode = mode
         self._weights = {}  # (id of encoder, dtype, device) -> digest; reset when weights load
+        self.pool_store = None  # a PoolFeatureStore, set by pool_store.attach_pool_store
 
     @property
     def enabled(self) -> bool:
-        return self.mode != "none"
+        return self.mode != "none" or self.pool_store is not None
+
+    def _get(self, fingerprint: str, key: str) -> Optional[torch.Tensor]:
+        store = self.pool_store
+        if store is None:
+            return super()._get(fingerprint, key)
+        if fingerprint != store.fingerprint:
+            from lavis_mmict.models.pool_store import FILL_COMMAND, FeatureStoreError
+
+            raise FeatureStoreError(
+                f"model.demo_feature_store: the model's vision encoder now has fingerprint {fingerprint}, the "
+                f"store {store.folder} was filled for {store.fingerprint} (ViT weights changed after start-up?); "
+                f"fill the store for these weights with `{FILL_COMMAND}`")
+        entry = (fingerprint, key)
+        if entry in self._memory:
+            return super()._get(fingerprint, key)
+        stored = store.get(key)
+        return stored if stored is not None else super()._get(fingerprint, key)
 
     def file_stem(self, fingerprint: str, key: str) -> str:
         return _digest(fingerprint, key)

@@ -208,13 +208,18 @@ class MMICTBlip2(Blip2ICLModel):
             features = self.visual_encoder(frames.flatten(0, 1))
         return features.reshape(num_items, num_frames, *features.shape[1:])
 
+    def vit_fingerprint(self, device):
+        """The demo feature cache's (and pool store's) fingerprint of the ViT as it runs on ``device``
+        now (call it inside ``encoding_context`` for the autocast dtype of a forward pass)."""
+        image_size = getattr(self.visual_encoder.patch_embed, "img_size", None)
+        return self.demo_feature_cache.encoder_fingerprint(self.visual_encoder, image_size, torch.device(device))
+
     def vit_features(self, frames, cache_keys=None):
         """Frozen ViT outputs of M clips: cached ones read, all others computed in one ViT call."""
         cache = self.demo_feature_cache
         if not cache.enabled or not cache_keys or not any(cache_keys):
             return self.run_vit(frames)
-        fingerprint = cache.encoder_fingerprint(
-            self.visual_encoder, getattr(self.visual_encoder.patch_embed, "img_size", None), frames.device)
+        fingerprint = self.vit_fingerprint(frames.device)
         cached = cache.lookup(fingerprint, cache_keys)
         missing = [i for i, features in enumerate(cached) if features is None]
         found = [i for i, features in enumerate(cached) if features is not None]
@@ -298,7 +303,7 @@ class MMICTBlip2(Blip2ICLModel):
             cache_keys = None
             if keys is not None and self.demo_feature_cache.enabled:
                 cache_keys = [""] * batch + demos.pick(keys)
-            frames = self.encode_frames(torch.cat([image, demos.clips(image.device)]), cache_keys)
+            frames = self.encode_frames(torch.cat([image, self.demo_clips(demos, image)]), cache_keys)
             # vanilla ICT demos go through the Q-Former without text (plain BLIP-2 visual tokens).
             visible = torch.ones(frames.shape[0], dtype=torch.bool, device=self.device)
             visible[batch:] = self.demo_format == "mmict"
@@ -324,6 +329,17 @@ class MMICTBlip2(Blip2ICLModel):
         dtype = self.llm_dtype()
         return EncodedBatch(query_visual, demo_embeds.to(dtype), demo_token_mask, demos.mask,
                             self.separator_embedding().to(dtype))
+
+    def demo_clips(self, demos, image):
+        """The real demos' clips (M, F, 3, H, W). A batch whose demos are all in the pool feature
+        store carries none (H = W = 0, models/pool_store.py): zeros the ViT never reads (a view)."""
+        clips = demos.clips(image.device)
+        if not clips.numel() and clips.shape[-2:] != image.shape[-2:]:
+            if self.demo_feature_cache.pool_store is None:
+                raise ValueError("the batch's demonstrations carry no frames (a dataset with a pool feature "
+                                 "store) but this model has no store: use pool_store.attach_pool_store")
+            return image.new_zeros(()).expand(clips.shape[:-2] + image.shape[-2:])
+        return clips
 
     def encoding_context(self):
         # Vision side in fp16 under CUDA AMP, as LAVIS's BLIP-2 (its runner's AMP is fp16), also
