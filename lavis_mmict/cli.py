@@ -1,10 +1,12 @@
 """What ``train.py`` and ``evaluate.py`` do: their command lines, the run set-up they share, the
 train and evaluate entry functions, and user errors reported as one line.
 
-:func:`setup_run`: plugins named in ``$LAVIS_MMICT_EXTRA_IMPORTS``, the config's registry names
-(:func:`~lavis_mmict.config_checks.check_config_names`), distributed init, seeds, LAVIS's logger.
-:func:`run_main` runs an entry function (:func:`train`, :func:`evaluate`) and turns
-:data:`USER_ERRORS` into one ``<script>: error: ...`` line and exit status 1.
+:func:`setup_run`: plugins named in ``$LAVIS_MMICT_EXTRA_IMPORTS``, the config checks
+(:mod:`lavis_mmict.config_checks`: registry names, every key and its type, ``run.output_dir``, frame
+size vs model), distributed init, seeds, LAVIS's logger. :func:`build_runner` also checks that each
+training split holds one batch before the model is built. :func:`run_main` runs an entry function
+(:func:`train`, :func:`evaluate`) and turns :data:`USER_ERRORS` into one ``<script>: error: ...``
+line and exit status 1 (``--debug``: the traceback instead).
 """
 import argparse
 import importlib
@@ -19,7 +21,7 @@ import torch
 import torch.backends.cudnn as cudnn
 from lavis import tasks
 from lavis.common.config import Config
-from lavis.common.dist_utils import get_rank, is_main_process
+from lavis.common.dist_utils import get_rank, get_world_size, is_main_process
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from omegaconf import OmegaConf
@@ -27,17 +29,26 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
 from lavis_mmict.backbones import MissingWeightsError
 from lavis_mmict.checkpoints import CheckpointError
-from lavis_mmict.config_checks import DEFAULT_RUNNER, check_config_names
+from lavis_mmict.config_checks import (
+    DEFAULT_RUNNER,
+    check_config_keys,
+    check_config_names,
+    check_frame_sizes,
+    check_train_batches,
+)
 from lavis_mmict.datasets.media import MediaError
+from lavis_mmict.datasets.web_pairs import WebShardError
 from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
-from lavis_mmict.errors import ConfigError
+from lavis_mmict.errors import UserError
 from lavis_mmict.reports import write_sweep_report
 from lavis_mmict.tasks.evaluation import format_metrics_table
 
 EXTRA_IMPORTS_ENV = "LAVIS_MMICT_EXTRA_IMPORTS"
 
 #: errors caused by the user's files or settings: reported as one line, without a traceback
-USER_ERRORS = (ConfigError, CheckpointError, MissingWeightsError, MediaError)
+#: (FileNotFoundError: a file the config names is missing; its message names the file)
+USER_ERRORS = (UserError, CheckpointError, MissingWeightsError, MediaError, WebShardError,
+               FileNotFoundError)
 
 
 # --- command lines ---------------------------------------------------------------------------
@@ -50,6 +61,10 @@ def argument_parser(description, options_example):
         "--options",
         nargs="+",
         help=f"override settings of the config file, as key=value pairs (e.g. {options_example}).",
+    )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the traceback of user errors (bad config, data, checkpoint) instead of one line",
     )
     return parser
 
@@ -100,6 +115,8 @@ def setup_run(args):
     logging. Returns the LAVIS ``Config`` and the job id (the same on every rank)."""
     import_extra_modules()
     check_config_names(args.cfg_path, args.options)
+    check_config_keys(args.cfg_path, args.options)
+    check_frame_sizes(args.cfg_path, args.options)
     cfg = Config(args)
     init_distributed(cfg.run_cfg)
     job_id = shared_job_id(cfg.run_cfg)
@@ -115,6 +132,8 @@ def build_runner(args):
 
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
+    if not cfg.run_cfg.get("evaluate", False):
+        check_train_batches(cfg.run_cfg, datasets, get_world_size())
     model = task.build_model(cfg)
 
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", DEFAULT_RUNNER))
@@ -134,13 +153,16 @@ def report_user_error(error, script="train.py"):
     raise SystemExit(1)
 
 
-def run_main(script, work):
-    """Run ``work()`` (build a runner, train or evaluate), turning user errors into one line."""
+def run_main(script, work, debug=False):
+    """Run ``work()`` (build a runner, train or evaluate), turning user errors into one line
+    (``debug``: raised as they are, with their traceback)."""
     finished = False
     try:
         work()
         finished = True
     except USER_ERRORS as error:
+        if debug:
+            raise
         report_user_error(error, script)
     finally:
         destroy_distributed(finished)
