@@ -33,6 +33,7 @@ from lavis_mmict.config_checks import (
     DEFAULT_RUNNER,
     check_config_keys,
     check_config_names,
+    check_demonstrations,
     check_frame_sizes,
     check_train_batches,
 )
@@ -116,6 +117,7 @@ def setup_run(args):
     import_extra_modules()
     check_config_names(args.cfg_path, args.options)
     check_config_keys(args.cfg_path, args.options)
+    check_demonstrations(args.cfg_path, args.options)
     check_frame_sizes(args.cfg_path, args.options)
     cfg = Config(args)
     init_distributed(cfg.run_cfg)

@@ -271,6 +271,31 @@ def _processor_frame_size(processor_cfg):
     return None
 
 
+def _dataset_configs(config):
+    """(name, the builder's default config merged with the user's) for each dataset, as LAVIS merges."""
+    for name in config.datasets:
+        builder = registry.get_builder_class(name)
+        user_cfg = config.datasets[name] or {}
+        defaults = OmegaConf.load(builder.default_config_path(user_cfg.get("type", "default")))
+        yield name, OmegaConf.merge(defaults.datasets[name], user_cfg)
+
+
+def check_demonstrations(cfg_path, options=None):
+    """Each ``*_icl`` dataset's ``demonstrations:`` block has valid values (strategy, pool, num...),
+    as the builder will read it (defaults included)."""
+    from lavis_mmict.datasets.builders import ICLDatasetBuilder
+    from lavis_mmict.datasets.demonstrations import DemonstrationConfig
+
+    _, config = load_config(cfg_path, options)
+    for name, dataset_cfg in _dataset_configs(config):
+        if not issubclass(registry.get_builder_class(name), ICLDatasetBuilder):
+            continue
+        try:
+            DemonstrationConfig.from_config(dataset_cfg.get("demonstrations"))
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"Config {cfg_path}: datasets.{name}.demonstrations: {error}") from error
+
+
 def check_frame_sizes(cfg_path, options=None):
     """The frames every dataset's ``vis_processor`` gives have the model's ``image_size`` (our models:
     their ViT's patch embedding asserts it, deep inside the first forward pass)."""
@@ -281,11 +306,7 @@ def check_frame_sizes(cfg_path, options=None):
     model_cls = registry.get_model_class(arch)
     model_cfg = OmegaConf.merge(OmegaConf.load(model_cls.default_config_path(model_type)).model, config.model)
     image_size = model_cfg.get("image_size", 224)
-    for name in config.datasets:
-        builder = registry.get_builder_class(name)
-        user_cfg = config.datasets[name] or {}
-        defaults = OmegaConf.load(builder.default_config_path(user_cfg.get("type", "default")))
-        dataset_cfg = OmegaConf.merge(defaults.datasets[name], user_cfg)
+    for name, dataset_cfg in _dataset_configs(config):
         for split in ("train", "eval"):
             key = f"datasets.{name}.vis_processor.{split}"
             processor_cfg = OmegaConf.select(dataset_cfg, f"vis_processor.{split}")

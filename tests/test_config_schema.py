@@ -17,6 +17,7 @@ from lavis_mmict import config_schema as schema
 from lavis_mmict.config_checks import (
     check_config_keys,
     check_config_names,
+    check_demonstrations,
     check_frame_sizes,
     check_section_keys,
     check_train_batches,
@@ -30,6 +31,7 @@ def _error(cfg_path, options):
     with pytest.raises(ConfigError) as excinfo:
         check_config_names(cfg_path, options)
         check_config_keys(cfg_path, options)
+        check_demonstrations(cfg_path, options)
         check_frame_sizes(cfg_path, options)
     message = str(excinfo.value)
     assert "\n" not in message and cfg_path in message
@@ -56,6 +58,8 @@ def _error(cfg_path, options):
     ("model.num_frames=four", "model.num_frames must be int or null, got 'four'"),
     ("datasets.synthetic_videoqa_icl.build_info=3", "datasets.synthetic_videoqa_icl.build_info must be a mapping"),
     ("run.output_dir=null", "run.output_dir is not set"),
+    ("datasets.synthetic_videoqa_icl.demonstrations.strategy=rices",
+     "datasets.synthetic_videoqa_icl.demonstrations: Unknown demonstrations.strategy 'rices'"),
 ])
 def test_unknown_keys_and_wrong_types_are_one_line_naming_the_key(option, expected):
     assert expected in _error(DEMO_CFG, [option])
@@ -138,6 +142,7 @@ def test_every_project_config_passes(cfg_path, tmp_path):
     options = [f"run.output_dir={tmp_path}"]
     check_config_names(cfg_path, options)
     check_config_keys(cfg_path, options)
+    check_demonstrations(cfg_path, options)
     check_frame_sizes(cfg_path, options)
 
 
