@@ -3,8 +3,8 @@ train and evaluate entry functions, and user errors reported as one line.
 
 :func:`setup_run`: plugins named in ``$LAVIS_MMICT_EXTRA_IMPORTS``, the config checks
 (:mod:`lavis_mmict.config_checks`: registry names, every key and its type, ``run.output_dir``, frame
-size vs model), distributed init, seeds, LAVIS's logger. :func:`build_runner` also checks that each
-training split holds one batch before the model is built. :func:`run_main` runs an entry function
+size vs model), distributed init, seeds, LAVIS's logger. :func:`build_runner` also checks, before the model is
+built, that each training split holds one batch and each validation split has answers. :func:`run_main` runs an entry function
 (:func:`train`, :func:`evaluate`) and turns :data:`USER_ERRORS` into one ``<script>: error: ...``
 line and exit status 1 (``--debug``: the traceback instead).
 """
@@ -42,7 +42,7 @@ from lavis_mmict.datasets.web_pairs import WebShardError
 from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
 from lavis_mmict.errors import UserError
 from lavis_mmict.reports import write_sweep_report
-from lavis_mmict.tasks.evaluation import format_metrics_table
+from lavis_mmict.tasks.evaluation import check_validation_labelled, format_metrics_table
 
 EXTRA_IMPORTS_ENV = "LAVIS_MMICT_EXTRA_IMPORTS"
 
@@ -128,14 +128,17 @@ def setup_run(args):
     return cfg, job_id
 
 
-def build_runner(args):
-    """Everything before ``runner.train()``/``runner.evaluate()``: returns the runner."""
+def build_runner(args, training=True):
+    """Everything before ``runner.train()``/``runner.evaluate()``: returns the runner. ``training``
+    (train.py without ``run.evaluate``): first check that each training split holds one batch and
+    each validation split has answers."""
     cfg, job_id = setup_run(args)
 
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
-    if not cfg.run_cfg.get("evaluate", False):
+    if training and not cfg.run_cfg.get("evaluate", False):
         check_train_batches(cfg.run_cfg, datasets, get_world_size())
+        check_validation_labelled(cfg.run_cfg, datasets)
     model = task.build_model(cfg)
 
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", DEFAULT_RUNNER))
@@ -183,7 +186,7 @@ def evaluate(args):
     if args.shots is not None:
         evaluate_shot_sweep(args)
         return
-    runner = build_runner(args)
+    runner = build_runner(args, training=False)
     checkpoint = runner.config.run_cfg.get("eval_ckpt_path", None)
     if checkpoint:
         runner.load_model_weights(checkpoint)

@@ -52,6 +52,7 @@ STR = Kind("str", lambda v: isinstance(v, str))
 LIST = Kind("list", lambda v: isinstance(v, (list, tuple)))
 MAP = Kind("mapping", lambda v: isinstance(v, dict))  # its keys are not checked
 ANY = Kind("any value", lambda v: True, null=True)
+STR_OR_INT = Kind("str or int", lambda v: isinstance(v, str) or _is_int(v))
 STR_OR_LIST = Kind("str or list", lambda v: isinstance(v, (str, list, tuple)))
 INT_OR_PAIR = Kind("int or [h, w]", lambda v: _is_int(v) or (isinstance(v, (list, tuple)) and len(v) == 2))
 
@@ -175,7 +176,7 @@ LAVIS_RUN_KEYS = {
 RUN_KEYS = {
     **LAVIS_RUN_KEYS,
     # dist.py, runners/
-    "dist_timeout_s": FLOAT, "find_unused_parameters": BOOL, "seed": INT, "job_id": opt(STR),
+    "dist_timeout_s": FLOAT, "find_unused_parameters": BOOL, "seed": INT, "job_id": opt(STR_OR_INT),
     "eval_ckpt_path": opt(STR),
     # tasks/: generation and metrics in evaluation
     "num_beams": INT, "max_len": INT, "min_len": INT, "inference_method": STR, "prompt": opt(STR),

@@ -62,7 +62,7 @@ def test_config_typo_is_one_line_and_debug_shows_the_traceback(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["duplicate_ids", "empty_answer", "small_train", "frame_size",
-                                  "missing_checkpoint"])
+                                  "missing_checkpoint", "unlabelled_val"])
 def test_user_errors_of_data_and_checkpoints_are_one_line(tmp_path, case):
     script, options = "train.py", []
     val = [{"video": "video2.mp4", "question": "q", "answer": "a", "question_id": 5}] * 2
@@ -79,9 +79,31 @@ def test_user_errors_of_data_and_checkpoints_are_one_line(tmp_path, case):
         cfg = videoqa_config(tmp_path)
         options = ["datasets.videoqa_icl.vis_processor.train.image_size=224"]
         expected = "gives 224 px frames but model mmict_blip2 tiny takes 32 px"
+    elif case == "unlabelled_val":
+        val = [{"video": "video2.mp4", "question": "q", "question_id": 5}]
+        cfg = videoqa_config(tmp_path, val_records=val)
+        expected = "datasets.videoqa_icl split 'val' has no answers (an unlabelled split) but is in run.valid_splits"
     else:
         script, cfg = "evaluate.py", videoqa_config(tmp_path)
         options = [f"run.eval_ckpt_path={tmp_path / 'nope.pth'}"]
         expected = "nope.pth"
     result = run_script(script, cfg, options, tmp_path)
     assert_one_line_error(result, script, expected)
+
+
+def test_run_main_reports_user_errors_in_one_line_and_debug_reraises(capsys):
+    from lavis_mmict.cli import run_main
+    from lavis_mmict.errors import DiskFullError
+
+    def full_disk():
+        raise DiskFullError("Cannot write /x/checkpoint_3.pth: No space left on device (the previous file is kept)")
+
+    with pytest.raises(SystemExit) as excinfo:
+        run_main("train.py", full_disk)
+    assert excinfo.value.code == 1
+    assert capsys.readouterr().err == ("train.py: error: Cannot write /x/checkpoint_3.pth: No space left on "
+                                       "device (the previous file is kept)\n")
+    with pytest.raises(DiskFullError):
+        run_main("train.py", full_disk, debug=True)
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_main("train.py", lambda: 1 / 0)

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 import _dataset_files as files
 from lavis_mmict.datasets.records import load_qa_records
 from lavis_mmict.errors import DataError, UserError
+from lavis_mmict.tasks.evaluation import check_validation_labelled
 from lavis_mmict.tasks.icl_vqa import vqa_accuracy
 
 
@@ -77,8 +78,9 @@ def _config(tmp_path, val_labelled, evaluate=False):
 
 def test_an_unlabelled_validation_split_of_a_training_run_is_refused(tmp_path):
     cfg = _config(tmp_path, val_labelled=False)
+    datasets = tasks.setup_task(cfg).build_datasets(cfg)
     with pytest.raises(DataError) as excinfo:
-        tasks.setup_task(cfg).build_datasets(cfg)
+        check_validation_labelled(cfg.run_cfg, datasets)
     assert isinstance(excinfo.value, UserError)
     assert str(excinfo.value).startswith(
         "datasets.videoqa_icl split 'val' has no answers (an unlabelled split) but is in run.valid_splits")
@@ -87,4 +89,5 @@ def test_an_unlabelled_validation_split_of_a_training_run_is_refused(tmp_path):
 def test_unlabelled_validation_split_is_fine_when_only_evaluating(tmp_path):
     cfg = _config(tmp_path, val_labelled=False, evaluate=True)
     datasets = tasks.setup_task(cfg).build_datasets(cfg)
+    check_validation_labelled(cfg.run_cfg, datasets)
     assert not datasets["videoqa_icl"]["val"].labelled and datasets["videoqa_icl"]["train"].labelled

@@ -104,7 +104,8 @@ def _has_length(iterable):
 
 def check_validation_labelled(run_cfg, datasets):
     """A training run's ``run.valid_splits`` have ground truth: an unlabelled split would score 0
-    every epoch, so the best checkpoint would stay the first one. DataError naming the split."""
+    every epoch, so the best checkpoint would stay the first one. DataError naming the split.
+    (train.py calls it; evaluate.py evaluates ``run.test_splits`` only.)"""
     if run_cfg.get("evaluate", False) or not run_cfg.get("train_splits"):
         return
     for split in run_cfg.get("valid_splits", []) or []:
@@ -129,12 +130,6 @@ class ICLEvalTask(BaseTask):
         super().__init__()
         self.eval_log_freq = max(1, int(eval_log_freq))
         self.eval_dataset = None
-
-    def build_datasets(self, cfg):
-        """LAVIS's datasets, checked: validation splits of a training run have ground truth."""
-        datasets = super().build_datasets(cfg)
-        check_validation_labelled(cfg.run_cfg, datasets)
-        return datasets
 
     def before_evaluation(self, model, dataset, **kwargs):
         """Remember the split's dataset (its name for progress lines; ground truth for captions),
