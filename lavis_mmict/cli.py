@@ -9,6 +9,7 @@ built, that each training split holds one batch and each validation split has an
 line and exit status 1 (``--debug``: the traceback instead).
 """
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -147,12 +148,12 @@ def build_runner(args, training=True):
 
 # --- user errors -----------------------------------------------------------------------------
 
-def report_user_error(error, script="train.py"):
+def report_user_error(error, script="train.py", message=None):
     """One line on stderr (every rank: the failing one may not be rank 0), and the error file
     torchrun reads for its failure summary; then exit with status 1."""
     rank = os.environ.get("RANK")
     prefix = f"{script}: error" + (f" (rank {rank})" if rank is not None else "")
-    sys.stderr.write(f"{prefix}: {error}\n")
+    sys.stderr.write(f"{prefix}: {message or error}\n")
     sys.stderr.flush()
     get_error_handler().record_exception(error)  # only writes when torchrun asked for it
     raise SystemExit(1)
@@ -169,6 +170,11 @@ def run_main(script, work, debug=False):
         if debug:
             raise
         report_user_error(error, script)
+    except OSError as error:
+        if debug or error.errno != errno.ENOSPC:
+            raise
+        # a full disk met outside our atomic writes (LAVIS's log.txt, result files)
+        report_user_error(error, script, f"{error.filename or 'a file'}: No space left on device")
     finally:
         destroy_distributed(finished)
 

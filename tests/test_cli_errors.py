@@ -105,5 +105,12 @@ def test_run_main_reports_user_errors_in_one_line_and_debug_reraises(capsys):
                                        "device (the previous file is kept)\n")
     with pytest.raises(DiskFullError):
         run_main("train.py", full_disk, debug=True)
+
+    def full_log():
+        raise OSError(28, "No space left on device", "/x/log.txt")
+
+    with pytest.raises(SystemExit):
+        run_main("evaluate.py", full_log)
+    assert capsys.readouterr().err == "evaluate.py: error: /x/log.txt: No space left on device\n"
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         run_main("train.py", lambda: 1 / 0)
