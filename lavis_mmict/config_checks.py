@@ -232,7 +232,7 @@ def check_config_keys(cfg_path, options=None):
     tables.append(("run", values["run"], run_keys(config)))
     for prefix, section_values, table in tables:
         if table is None:
-            logging.info("%s: the keys of %s are not checked (its class declares no CONFIG_KEYS).",
+            logging.warning("%s: the keys of %s are not checked (its class declares no CONFIG_KEYS).",
                          where, prefix)
             continue
         check_section_keys(section_values, table, prefix, where, unchecked,
