@@ -233,7 +233,7 @@ def check_config_keys(cfg_path, options=None):
     for prefix, section_values, table in tables:
         if table is None:
             logging.warning("%s: the keys of %s are not checked (its class declares no CONFIG_KEYS).",
-                         where, prefix)
+                            where, prefix)
             continue
         check_section_keys(section_values, table, prefix, where, unchecked,
                            schema.RENAMED_MODEL_KEYS if prefix == "model" else None)

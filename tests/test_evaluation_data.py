@@ -1,6 +1,5 @@
 """Evaluation data that would give wrong scores silently is refused when the split is loaded:
 repeated question ids, empty answers, and an unlabelled split used for validation in training."""
-import os
 from types import SimpleNamespace
 
 import pytest
