@@ -235,10 +235,13 @@ def documented_keys():
 
 
 def schema_keys():
-    coming = schema.COMING_KEYS
-    return {"model": set().union(*schema.MODEL_KEYS.values()) - set(coming["model"]),
-            "datasets": set().union(*schema.DATASET_KEYS.values()) - set(coming["dataset"]),
-            "run": set(schema.RUN_KEYS) - set(coming["run"])}
+    return {"model": set().union(*schema.MODEL_KEYS.values()),
+            "datasets": set().union(*schema.DATASET_KEYS.values()),
+            "run": set(schema.RUN_KEYS)}
+
+
+COMING = {"model": set(schema.COMING_KEYS["model"]), "datasets": set(schema.COMING_KEYS["dataset"]),
+          "run": set(schema.COMING_KEYS["run"])}
 
 
 def _covered(key, names):
@@ -250,7 +253,8 @@ def _covered(key, names):
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_docs_and_schema_name_the_same_keys(group):
     documented, known = documented_keys()[group], schema_keys()[group]
-    undocumented = sorted(k for k in known if not _covered(k, documented))
+    # keys of other branches may be documented already, or not yet
+    undocumented = sorted(k for k in known - COMING[group] if not _covered(k, documented))
     unknown = sorted(d for d in documented if not any(k == d or k.startswith(d + ".") for k in known))
     assert not undocumented, f"in config_schema.py but not in docs/configuration.md ({group}): {undocumented}"
     assert not unknown, f"in docs/configuration.md but not in config_schema.py ({group}): {unknown}"
