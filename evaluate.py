@@ -29,7 +29,7 @@ from lavis_mmict.cli import evaluate, parse_evaluate_args, run_main
 @record  # under torchrun: the failing rank's exception appears in torchrun's summary
 def main():
     args = parse_evaluate_args()
-    run_main("evaluate.py", lambda: evaluate(args))  # user errors: one line, status 1
+    run_main("evaluate.py", lambda: evaluate(args), debug=args.debug)  # user errors: one line, status 1
 
 
 if __name__ == "__main__":

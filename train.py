@@ -11,9 +11,13 @@ distributed init works on CPU (gloo) as well as CUDA (nccl), and all ranks share
 Before anything is built, the names in the config (``model.arch``, ``model.model_type``, the
 keys under ``datasets:`` and their ``type``, ``run.task``, ``run.runner``) are checked against
 LAVIS's registry: a wrong one is a :class:`ConfigError` that names the key and lists the valid
-values. User errors (bad config, checkpoint, weights or media files) end the process with exit
+values; then every other key (unknown ones with the closest valid one, value types,
+``run.output_dir``) and the frame size of the datasets' processors against the model's
+``image_size`` (docs/configuration.md); after the datasets are built, that every training split
+holds one batch. User errors (bad config, checkpoint, weights or media files) end the process with exit
 status 1 and one ``train.py: error: ...`` line per rank instead of a traceback; under torchrun the
-message is also in torchrun's failure summary. Any other exception keeps its traceback.
+message is also in torchrun's failure summary. Any other exception keeps its traceback; with
+``--debug`` user errors keep theirs too.
 
 Environment:
     LAVIS_MMICT_EXTRA_IMPORTS  comma- or space-separated Python modules to import after
@@ -28,7 +32,7 @@ from lavis_mmict.cli import parse_train_args, run_main, train
 @record  # under torchrun: the failing rank's exception appears in torchrun's summary
 def main():
     args = parse_train_args()
-    run_main("train.py", lambda: train(args))  # user errors: one line, status 1
+    run_main("train.py", lambda: train(args), debug=args.debug)  # user errors: one line, status 1
 
 
 if __name__ == "__main__":

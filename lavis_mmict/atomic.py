@@ -2,16 +2,22 @@
 
 A writer fills a temporary file beside the target, which is then renamed onto it (``os.replace``),
 so a reader (another rank, a later run) sees either the old complete file or the new complete one,
-never half of one, and ranks writing the same file at once leave one complete copy. A process killed
+never half of one, and ranks writing the same file at once leave one complete copy. A write that
+fails because the disk is full (even when the writer, e.g. ``torch.save``, hides the ``OSError``
+behind its own message) is a :class:`~lavis_mmict.errors.DiskFullError` naming the file; the
+previous file is untouched. A process killed
 mid-write leaves at most a hidden ``.<name>.<pid>-<token>.tmp`` file, which :func:`temp_pattern`
 matches for clean-up. The temporary may also be filled as a folder (a clip's frames), which then
 replaces a missing or empty folder ``path``.
 """
 import contextlib
+import errno
 import json
 import os
 import shutil
 import uuid
+
+from lavis_mmict.errors import DiskFullError
 
 TEMP_SUFFIX = ".tmp"
 
@@ -19,6 +25,18 @@ TEMP_SUFFIX = ".tmp"
 def temp_pattern(name_glob="*"):
     """A glob for the temporary files left by writes of files named ``name_glob``."""
     return f".{name_glob}.*{TEMP_SUFFIX}*"
+
+
+def _disk_full(error):
+    """Whether ``error`` or an exception it was raised from is ENOSPC (torch.save raises its own
+    RuntimeError while handling the OSError of the file write)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _fsync(path, strict=False):
@@ -54,10 +72,16 @@ def atomic_output(path, keep_extension=False, durable=False):
     extension = os.path.splitext(name)[1] if keep_extension else ""
     temporary = os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}{extension}")
     try:
-        yield temporary
-        if durable:
-            _fsync(temporary, strict=True)
-        os.replace(temporary, path)
+        try:
+            yield temporary
+            if durable:
+                _fsync(temporary, strict=True)
+            os.replace(temporary, path)
+        except Exception as error:
+            if _disk_full(error):
+                kept = "the previous file is kept" if os.path.exists(path) else "nothing was written"
+                raise DiskFullError(f"Cannot write {path}: No space left on device ({kept})") from error
+            raise
     finally:
         if os.path.isdir(temporary):
             shutil.rmtree(temporary, ignore_errors=True)

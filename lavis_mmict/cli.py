@@ -1,12 +1,15 @@
 """What ``train.py`` and ``evaluate.py`` do: their command lines, the run set-up they share, the
 train and evaluate entry functions, and user errors reported as one line.
 
-:func:`setup_run`: plugins named in ``$LAVIS_MMICT_EXTRA_IMPORTS``, the config's registry names
-(:func:`~lavis_mmict.config_checks.check_config_names`), distributed init, seeds, LAVIS's logger.
-:func:`run_main` runs an entry function (:func:`train`, :func:`evaluate`) and turns
-:data:`USER_ERRORS` into one ``<script>: error: ...`` line and exit status 1.
+:func:`setup_run`: plugins named in ``$LAVIS_MMICT_EXTRA_IMPORTS``, the config checks
+(:mod:`lavis_mmict.config_checks`: registry names, every key and its type, ``run.output_dir``, frame
+size vs model), distributed init, seeds, LAVIS's logger. :func:`build_runner` also checks, before the model is
+built, that each training split holds one batch and each validation split has answers. :func:`run_main` runs an entry function
+(:func:`train`, :func:`evaluate`) and turns :data:`USER_ERRORS` into one ``<script>: error: ...``
+line and exit status 1 (``--debug``: the traceback instead).
 """
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -19,7 +22,7 @@ import torch
 import torch.backends.cudnn as cudnn
 from lavis import tasks
 from lavis.common.config import Config
-from lavis.common.dist_utils import get_rank, is_main_process
+from lavis.common.dist_utils import get_rank, get_world_size, is_main_process
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from omegaconf import OmegaConf
@@ -27,18 +30,28 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
 from lavis_mmict.backbones import MissingWeightsError
 from lavis_mmict.checkpoints import CheckpointError
-from lavis_mmict.config_checks import DEFAULT_RUNNER, check_config_names
+from lavis_mmict.config_checks import (
+    DEFAULT_RUNNER,
+    check_config_keys,
+    check_config_names,
+    check_demonstrations,
+    check_frame_sizes,
+    check_train_batches,
+)
 from lavis_mmict.datasets.media import MediaError
+from lavis_mmict.datasets.web_pairs import WebShardError
 from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
-from lavis_mmict.errors import ConfigError
+from lavis_mmict.errors import ConfigError, UserError
 from lavis_mmict.models.pool_store import attach_pool_store
 from lavis_mmict.reports import write_sweep_report
-from lavis_mmict.tasks.evaluation import format_metrics_table
+from lavis_mmict.tasks.evaluation import check_validation_labelled, format_metrics_table
 
 EXTRA_IMPORTS_ENV = "LAVIS_MMICT_EXTRA_IMPORTS"
 
 #: errors caused by the user's files or settings: reported as one line, without a traceback
-USER_ERRORS = (ConfigError, CheckpointError, MissingWeightsError, MediaError)
+#: (FileNotFoundError: a file the config names is missing; its message names the file)
+USER_ERRORS = (UserError, CheckpointError, MissingWeightsError, MediaError, WebShardError,
+               FileNotFoundError)
 
 
 # --- command lines ---------------------------------------------------------------------------
@@ -51,6 +64,10 @@ def argument_parser(description, options_example):
         "--options",
         nargs="+",
         help=f"override settings of the config file, as key=value pairs (e.g. {options_example}).",
+    )
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="show the traceback of user errors (bad config, data, checkpoint) instead of one line",
     )
     return parser
 
@@ -101,6 +118,9 @@ def setup_run(args):
     logging. Returns the LAVIS ``Config`` and the job id (the same on every rank)."""
     import_extra_modules()
     check_config_names(args.cfg_path, args.options)
+    check_config_keys(args.cfg_path, args.options)
+    check_demonstrations(args.cfg_path, args.options)
+    check_frame_sizes(args.cfg_path, args.options)
     cfg = Config(args)
     init_distributed(cfg.run_cfg)
     job_id = shared_job_id(cfg.run_cfg)
@@ -110,12 +130,17 @@ def setup_run(args):
     return cfg, job_id
 
 
-def build_runner(args):
-    """Everything before ``runner.train()``/``runner.evaluate()``: returns the runner."""
+def build_runner(args, training=True):
+    """Everything before ``runner.train()``/``runner.evaluate()``: returns the runner. ``training``
+    (train.py without ``run.evaluate``): first check that each training split holds one batch and
+    each validation split has answers."""
     cfg, job_id = setup_run(args)
 
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
+    if training and not cfg.run_cfg.get("evaluate", False):
+        check_train_batches(cfg.run_cfg, datasets, get_world_size())
+        check_validation_labelled(cfg.run_cfg, datasets)
     model = task.build_model(cfg)
     attach_pool_store(cfg, model, datasets)  # model.demo_feature_store (models/pool_store.py)
 
@@ -125,25 +150,33 @@ def build_runner(args):
 
 # --- user errors -----------------------------------------------------------------------------
 
-def report_user_error(error, script="train.py"):
+def report_user_error(error, script="train.py", message=None):
     """One line on stderr (every rank: the failing one may not be rank 0), and the error file
     torchrun reads for its failure summary; then exit with status 1."""
     rank = os.environ.get("RANK")
     prefix = f"{script}: error" + (f" (rank {rank})" if rank is not None else "")
-    sys.stderr.write(f"{prefix}: {error}\n")
+    sys.stderr.write(f"{prefix}: {message or error}\n")
     sys.stderr.flush()
     get_error_handler().record_exception(error)  # only writes when torchrun asked for it
     raise SystemExit(1)
 
 
-def run_main(script, work):
-    """Run ``work()`` (build a runner, train or evaluate), turning user errors into one line."""
+def run_main(script, work, debug=False):
+    """Run ``work()`` (build a runner, train or evaluate), turning user errors into one line
+    (``debug``: raised as they are, with their traceback)."""
     finished = False
     try:
         work()
         finished = True
     except USER_ERRORS as error:
+        if debug:
+            raise
         report_user_error(error, script)
+    except OSError as error:
+        if debug or error.errno != errno.ENOSPC:
+            raise
+        # a full disk met outside our atomic writes (LAVIS's log.txt, result files)
+        report_user_error(error, script, f"{error.filename or 'a file'}: No space left on device")
     finally:
         destroy_distributed(finished)
 
@@ -161,7 +194,7 @@ def evaluate(args):
     if args.shots is not None:
         evaluate_shot_sweep(args)
         return
-    runner = build_runner(args)
+    runner = build_runner(args, training=False)
     checkpoint = runner.config.run_cfg.get("eval_ckpt_path", None)
     if checkpoint:
         runner.load_model_weights(checkpoint)

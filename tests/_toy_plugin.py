@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
 import lavis_mmict.dist
+from lavis_mmict.config_schema import FLOAT, INT
 
 MODEL_NAME = "_toy_linear_model"
 BUILDER_NAME = "_toy_builder"
@@ -124,6 +125,9 @@ class ToyQADataset(Dataset):
 @registry.register_builder(BUILDER_NAME)
 class ToyBuilder(BaseDatasetBuilder):
     DATASET_CONFIG_DICT = {"default": _DEFAULT_PATHS["dataset"]}
+    # the keys it reads besides LAVIS's (train.py's config check: docs/configuration.md#your-own-classes)
+    CONFIG_KEYS = {"build_info.num_train": INT, "build_info.num_val": INT, "build_info.num_test": INT,
+                   "build_info.augment_noise": FLOAT, "build_info.skipped_media_every": INT}
 
     def _download_data(self):
         pass
@@ -142,6 +146,7 @@ class ToyBuilder(BaseDatasetBuilder):
 @registry.register_model(MODEL_NAME)
 class ToyLinearModel(BaseModel):
     PRETRAINED_MODEL_CONFIG_DICT = {"default": _DEFAULT_PATHS["model"]}
+    CONFIG_KEYS = {"hidden": INT, "dropout": FLOAT}
 
     def __init__(self, hidden=8, dropout=0.0):
         super().__init__()

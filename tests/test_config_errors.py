@@ -8,6 +8,7 @@ import sys
 import pytest
 from lavis.common.registry import registry
 
+import _toy_plugin  # noqa: F401  (registers _toy_linear_model, named by a case below)
 from _subprocesses import DEMO_CFG, TRAIN_PY, no_network_attempts, subprocess_env
 from lavis_mmict.config_checks import check_config_names
 from lavis_mmict.errors import ConfigError

@@ -13,7 +13,10 @@ Two kinds of annotation files are read, in the formats LAVIS's own builders use:
   uses its media path as ``image_id``.
 
 Extra fields (``question_type``, ``dataset``, ...) are kept and passed on. Every problem is a
-``ValueError`` naming the file, the record index and the field.
+:class:`~lavis_mmict.errors.DataError` (a ``ValueError``) naming the file, the record index and the
+field. Ground truth must be usable: an empty answer (``""``; in an evaluation split also one empty
+entry of an answer list) is an error, and so is a ``question_id`` repeated in an evaluation split
+(each id is scored once, so repeats would silently not count).
 """
 import json
 import logging
@@ -26,6 +29,7 @@ import torch
 from lavis.datasets.datasets.base_dataset import BaseDataset
 
 from lavis_mmict.datasets.media import MediaError, load_visual
+from lavis_mmict.errors import DataError, UserError
 
 TASK_KINDS = ("qa", "caption")
 # The record field naming the media file, per LAVIS `data_type`.
@@ -51,25 +55,29 @@ def read_annotation_files(ann_paths: Sequence[str]) -> List[tuple]:
     located = []
     for ann_path in ann_paths:
         if not os.path.isfile(ann_path):
-            raise FileNotFoundError(f"Annotation file not found: {ann_path}")
+            raise AnnotationFileNotFound(f"Annotation file not found: {ann_path}")
         try:
             with open(ann_path, "r") as file:
                 file_records = json.load(file)
         except ValueError as error:
-            raise ValueError(f"Annotation file {ann_path} is not valid json: {error}") from None
+            raise DataError(f"Annotation file {ann_path} is not valid json: {error}") from None
         if not isinstance(file_records, list):
-            raise ValueError(f"Annotation file {ann_path} must hold a json list of records")
+            raise DataError(f"Annotation file {ann_path} must hold a json list of records")
         for index, record in enumerate(file_records):
             if not isinstance(record, dict):
-                raise ValueError(f"Annotation file {ann_path}: record {index} is not a json object")
+                raise DataError(f"Annotation file {ann_path}: record {index} is not a json object")
             located.append((ann_path, index, record))
     if not located:
-        raise ValueError(f"Empty split: no annotation records in {list(ann_paths)}")
+        raise DataError(f"Empty split: no annotation records in {list(ann_paths)}")
     return located
 
 
+class AnnotationFileNotFound(UserError, FileNotFoundError):
+    """An annotation file of a split does not exist."""
+
+
 def _missing_field_error(ann_path, index, record, missing):
-    return ValueError(
+    return DataError(
         f"Annotation file {ann_path}: record {index} ({_identity(record)}) is missing field(s) {missing}"
     )
 
@@ -106,7 +114,42 @@ def load_qa_records(ann_paths: Sequence[str], data_type: str, is_train: bool) ->
     if unlabelled:
         logging.warning("%s hold no `answer`: an unlabelled split, its answers are not scored.",
                         list(ann_paths))
-    return _records_with_fields(located, fields)
+    records = _records_with_fields(located, fields)
+    _check_answers(located, is_train)
+    if not is_train:
+        _check_unique_question_ids(located)
+    return records
+
+
+def _check_answers(located, is_train):
+    """No empty answer (it would score an empty or all-punctuation prediction as correct); in an
+    evaluation split no empty entry of an answer list either."""
+    for ann_path, index, record in located:
+        if "answer" not in record:
+            continue
+        answers = record["answer"] if isinstance(record["answer"], list) else [record["answer"]]
+        empty = [a for a in answers if not str(a).strip()]
+        if not answers or (empty and (not is_train or len(empty) == len(answers))):
+            raise DataError(f"Annotation file {ann_path}: record {index} ({_identity(record)}) has "
+                            f"an empty answer {record['answer']!r}")
+
+
+def _check_unique_question_ids(located):
+    """An evaluation split's question ids are unique (results are kept once per id)."""
+    where = {}
+    for ann_path, index, record in located:
+        where.setdefault(_hashable(record["question_id"]), []).append(f"{ann_path} record {index}")
+    repeated = {qid: places for qid, places in where.items() if len(places) > 1}
+    if repeated:
+        shown = "; ".join(f"question_id {qid!r} in {', '.join(places)}"
+                          for qid, places in list(repeated.items())[:5])
+        more = f" (and {len(repeated) - 5} more ids)" if len(repeated) > 5 else ""
+        raise DataError(f"Evaluation split with repeated question ids ({len(repeated)} ids; each "
+                        f"question is scored once, so repeats would silently not count): {shown}{more}")
+
+
+def _hashable(value):
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
 
 
 def load_caption_records(ann_paths: Sequence[str], data_type: str, is_train: bool) -> List[dict]:
@@ -120,7 +163,7 @@ def load_caption_records(ann_paths: Sequence[str], data_type: str, is_train: boo
             raise _missing_field_error(ann_path, index, record, missing)
         captions = record["caption"] if isinstance(record["caption"], list) else [record["caption"]]
         if not captions or not all(isinstance(c, str) for c in captions):
-            raise ValueError(
+            raise DataError(
                 f"Annotation file {ann_path}: record {index} field 'caption' must be a string or a "
                 f"non-empty list of strings, got {record['caption']!r}"
             )
@@ -200,6 +243,11 @@ class MediaRecordDataset(BaseDataset):
         self.epoch = 0
         self.caption_prompts = list(caption_prompts or DEFAULT_CAPTION_PROMPTS[data_type])
         self.prompt_seed = int(prompt_seed)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the split has ground truth (False: an unlabelled QA split, e.g. VQAv2 test-dev)."""
+        return self.task_kind == "caption" or any("answer" in r for r in self.annotation)
 
     @property
     def captions_by_image_id(self) -> Dict[object, List[str]]:

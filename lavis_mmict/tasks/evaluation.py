@@ -19,9 +19,11 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.base_task import BaseTask
 
 from lavis_mmict.atomic import write_json_atomic
+from lavis_mmict.errors import DataError
 
 __all__ = [
     "ICLEvalTask",
+    "check_validation_labelled",
     "format_metrics_table",
     "gather_to_main",
     "plain",
@@ -98,6 +100,23 @@ def _has_length(iterable):
     except TypeError:
         return False
     return True
+
+
+def check_validation_labelled(run_cfg, datasets):
+    """A training run's ``run.valid_splits`` have ground truth: an unlabelled split would score 0
+    every epoch, so the best checkpoint would stay the first one. DataError naming the split.
+    (train.py calls it; evaluate.py evaluates ``run.test_splits`` only.)"""
+    if run_cfg.get("evaluate", False) or not run_cfg.get("train_splits"):
+        return
+    for split in run_cfg.get("valid_splits", []) or []:
+        for name, splits in datasets.items():
+            if split in splits and not getattr(splits[split], "labelled", True):
+                raise DataError(
+                    f"datasets.{name} split '{split}' has no answers (an unlabelled split) but is in "
+                    f"run.valid_splits of a training run: validation would score 0 and keep the "
+                    f"epoch-0 weights as best. Validate on a labelled split, or evaluate it with "
+                    f"evaluate.py (run.test_splits)."
+                )
 
 
 class ICLEvalTask(BaseTask):
