@@ -10,7 +10,11 @@ says, at each stage of that path, whether the token at each text position can st
   llm_proj     what the LLM receives
 
 The read-out is ridge regression onto one-hot token ids (closed form, deterministic), scored as
-top-1 accuracy over every word token and over the answer's tokens. One more score needs no fitting:
+top-1 accuracy over every word token and over the answer's tokens. A second read-out asks whether
+M-Hub spreads the answer over the rest of the demo: the answer word from the mean of the demo's
+other word positions (per question type; a code word that is not in the frames can only get there
+from the answer's own position, through the Q-Former's bidirectional self-attention). One more
+score needs no fitting:
 is ``llm_proj``'s output at an answer's first token nearer (cosine) to the LLM's own input embedding
 of that answer word than to the other answers' (the space ``vanilla_ict``/``text_only`` demos arrive
 in)? The command is ``run_scripts/mmict/probe_mhub.py``.
@@ -28,24 +32,28 @@ from lavis_mmict.datasets.icl_dataset import as_frames
 class StageFeatures:
     """Per text position of many demo texts: ``features[stage]`` (P, D), ``token_ids`` (P,),
     ``is_answer`` (P,) bool; and per text: ``answer_features`` (T, D) (``llm_proj`` at the answer's
-    first token) with ``answers`` (T strings)."""
+    first token), ``rest_features[stage]`` (T, D) (mean over its other word positions), ``answers``
+    and ``answer_types`` (T strings; the record's ``question_type``, or "all")."""
 
     features: Dict[str, torch.Tensor]
     token_ids: torch.Tensor
     is_answer: torch.Tensor
     answer_features: torch.Tensor
+    rest_features: Dict[str, torch.Tensor]
     answers: List[str]
+    answer_types: List[str]
 
 
 def demo_records(dataset, limit=None):
-    """(frames (F,3,H,W), demo text, answer) for each record of an ICL dataset split, its text
-    written with the split's demonstration template (as a demo of that record would be)."""
+    """(frames (F,3,H,W), demo text, answer, question type) for each record of an ICL dataset
+    split, its text written with the split's demonstration template (as a demo of that record
+    would be); a list of answers gives its most frequent one, as in the demo text."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     for index in range(count):
         record = dataset.dataset.annotation[index]
         text = format_demo_text(dataset.demo_config.template, record)
-        answer = record["answer"] if isinstance(record["answer"], str) else dataset[index]["text_output"]
-        yield as_frames(dataset.dataset[index]), text, answer
+        answer = format_demo_text("{answer}", record)
+        yield as_frames(dataset.dataset[index]), text, answer, record.get("question_type", "all")
 
 
 def answer_positions(offsets, text, answer, special):
@@ -57,7 +65,7 @@ def answer_positions(offsets, text, answer, special):
 
 @torch.no_grad()
 def collect_stage_features(model, records, batch_size=40):
-    """Run ``mmict_blip2``'s M-Hub on (frames, text, answer) records as it runs demonstrations
+    """Run ``mmict_blip2``'s M-Hub on (frames, text, answer, type) records as it runs demonstrations
     (``frame_mode: concat``) and keep every stage's features at the real word positions."""
     if model.frame_mode != "concat":
         raise ValueError("the M-Hub probe reads frame_mode: concat (one M-Hub pass per clip)")
@@ -65,9 +73,9 @@ def collect_stage_features(model, records, batch_size=40):
     tokenizer = model.qformer_tokenizer
     special_ids = set(tokenizer.all_special_ids)
     records = list(records)
-    per_stage, ids, answers_mask, answer_feats, answers = {}, [], [], [], []
+    per_stage, rest, ids, answers_mask, answer_feats, answers, types = {}, {}, [], [], [], [], []
     for begin in range(0, len(records), batch_size):
-        frames, texts, batch_answers = zip(*records[begin:begin + batch_size])
+        frames, texts, batch_answers, batch_types = zip(*records[begin:begin + batch_size])
         tokens = tokenizer(list(texts), padding="longest", truncation=True, max_length=model.max_txt_len,
                            return_offsets_mapping=True, return_tensors="pt")
         memory = model.encode_frames(torch.stack(frames).to(model.device)).flatten(1, 2)
@@ -91,13 +99,18 @@ def collect_stage_features(model, records, batch_size=40):
             special = [int(t) in special_ids for t in tokens.input_ids[row]]
             is_answer = answer_positions(tokens.offset_mapping[row].tolist(), text, answer, special)
             answer_feats.append(stages["llm_proj"][row, int(is_answer.nonzero()[0])].cpu())
-            answers.append(answer)
             answers_mask.append(is_answer[words[row]])
+            others = words[row] & ~is_answer
+            for name, values in stages.items():
+                rest.setdefault(name, []).append(values[row, others].mean(0).float().cpu())
+        answers += batch_answers
+        types += batch_types
         for name, values in stages.items():
             per_stage.setdefault(name, []).append(values[words].float().cpu())
         ids.append(tokens.input_ids[words])
     return StageFeatures({k: torch.cat(v) for k, v in per_stage.items()}, torch.cat(ids),
-                         torch.cat(answers_mask), torch.stack(answer_feats), answers)
+                         torch.cat(answers_mask), torch.stack(answer_feats),
+                         {k: torch.stack(v) for k, v in rest.items()}, answers, types)
 
 
 def fit_linear_readout(features, labels, l2=1e-3):
@@ -146,3 +159,18 @@ def llm_answer_embeddings(model, answers):
         token = model.llm_tokenizer(" " + answer, add_special_tokens=False).input_ids[0]
         out[answer] = model.embed_tokens(torch.tensor([token], device=model.device))[0].detach().float().cpu()
     return out
+
+
+def answer_from_rest_table(fit: StageFeatures, score: StageFeatures):
+    """Per stage: (stage, {question type: accuracy %}) of the answer word read out (fitted on
+    ``fit``) from the mean of each ``score`` demo's other word positions."""
+    vocabulary = sorted(set(fit.answers) | set(score.answers))
+    fit_labels = torch.tensor([vocabulary.index(a) for a in fit.answers])
+    score_labels = torch.tensor([vocabulary.index(a) for a in score.answers])
+    rows = []
+    for stage, features in fit.rest_features.items():
+        correct = fit_linear_readout(features, fit_labels)(score.rest_features[stage]) == score_labels
+        by_type = {kind: 100.0 * correct[[t == kind for t in score.answer_types]].double().mean().item()
+                   for kind in sorted(set(score.answer_types))}
+        rows.append((stage, by_type))
+    return rows

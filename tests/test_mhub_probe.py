@@ -40,7 +40,7 @@ def test_probe_command_runs_on_the_tiny_model(tmp_path, capsys):
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     data = "datasets.synthetic_videoqa_icl.build_info"
-    rows, nearest = probe.main([
+    rows, nearest, rest = probe.main([
         "--cfg-path", os.path.join(REPO_ROOT, "projects", "mmict", "demo.yaml"), "--limit", "24", "--options",
         f"{data}.storage={tmp_path / 'data'}", f"{data}.num_clips.train=6", f"{data}.num_clips.val=1",
         f"{data}.num_clips.test=3",
@@ -52,5 +52,7 @@ def test_probe_command_runs_on_the_tiny_model(tmp_path, capsys):
     assert ceiling[1] > 80.0  # most test tokens occur in the fitted split
     assert embeddings[1:] == pytest.approx(ceiling[1:])  # word + position embeddings: every seen word is recoverable
     assert 0.0 <= nearest <= 100.0
+    assert [stage for stage, _ in rest] == ["embeddings", "layer 1", "layer 2", "llm_proj"]
+    assert all(set(by_type) == {"code", "color", "shape"} for _, by_type in rest)
     out = capsys.readouterr().out
     assert "| stage | word tokens % | answer tokens % |" in out and "| llm_proj |" in out

@@ -7,12 +7,15 @@ text feature, at each stage of the path (Q-Former embeddings, each Q-Former laye
 
 Every record of the config's first dataset becomes one demonstration text (its clip + the
 demonstration template); read-outs are fitted on --fit-split and scored on --score-split. Without
---checkpoint the model has the weights its config gives it (random for the tiny type). Prints a
-markdown table (accuracy in percent). The code is lavis_mmict/mhub_probe.py.
+--checkpoint the model has the weights its config gives it (random for the tiny type, seeded by
+--seed). Prints
+markdown tables (accuracy in percent): each token from its own position, and each answer from the
+demo's other positions, by question type. The code is lavis_mmict/mhub_probe.py.
 """
 import argparse
 from types import SimpleNamespace
 
+import torch
 from lavis import tasks
 from lavis.common.config import Config
 
@@ -28,6 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--fit-split", default="train")
     parser.add_argument("--score-split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="at most N records per split")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the built (random-init) weights")
     parser.add_argument("--options", nargs="+", default=[])
     return parser.parse_args(argv)
 
@@ -37,6 +41,7 @@ def main(argv=None):
     cfg = Config(SimpleNamespace(cfg_path=args.cfg_path, options=args.options))
     task = tasks.setup_task(cfg)
     splits = next(iter(task.build_datasets(cfg).values()))
+    torch.manual_seed(args.seed)
     model = task.build_model(cfg).float()
     if args.checkpoint:
         model.load_trainable_checkpoint(args.checkpoint)
@@ -50,7 +55,11 @@ def main(argv=None):
                 [[stage, f"{words:.1f}", f"{answer:.1f}"] for stage, words, answer in rows])
     print(f"llm_proj output at an answer's first token nearest (cosine) to the LLM embedding of that answer "
           f"(of {len(set(score.answers))} answers): {nearest:.1f}%")
-    return rows, nearest
+    rest = mhub_probe.answer_from_rest_table(fit, score)
+    types = list(rest[0][1])
+    print(f"\nThe answer read out from the mean of the demo's other word positions, by question type (%):")
+    print_table(["stage"] + types, [[stage] + [f"{by_type[t]:.1f}" for t in types] for stage, by_type in rest])
+    return rows, nearest, rest
 
 
 if __name__ == "__main__":
