@@ -56,3 +56,25 @@ def test_probe_command_runs_on_the_tiny_model(tmp_path, capsys):
     assert all(set(by_type) == {"code", "color", "shape"} for _, by_type in rest)
     out = capsys.readouterr().out
     assert "| stage | word tokens % | answer tokens % |" in out and "| llm_proj |" in out
+
+
+def test_probe_reads_what_mmict_gives_the_llm():
+    """The probe's last Q-Former layer and llm_proj stages are mmict_blip2's own demo features
+    (run_mhub's text outputs, projected) at the word positions."""
+    import lavis_mmict
+
+    torch.manual_seed(0)
+    model = lavis_mmict.load_model("mmict_blip2", "tiny", is_eval=True)
+    frames = torch.randn(3, 2, 3, 32, 32)
+    texts = ["Question: what color is the shape? Short answer: red", "Question: which word is secret? "
+             "Short answer: rocket", "Question: what is the code word? Short answer: tomatoes rojo"]
+    answers = ["red", "rocket", "tomatoes rojo"]
+    features = mhub_probe.collect_stage_features(model, zip(frames, texts, answers, ["a", "b", "c"]))
+    with torch.no_grad():
+        _, text_out, mask = model.run_mhub(model.encode_frames(frames), texts, torch.ones(3, dtype=torch.bool))
+        ids = model.tokenize_for_qformer(texts)[0]
+    words = mask & ~torch.isin(ids, torch.tensor(model.qformer_tokenizer.all_special_ids))
+    assert torch.allclose(features.features["layer 2"], text_out[words], atol=1e-5)
+    assert torch.allclose(features.features["llm_proj"], model.llm_proj(text_out[words]), atol=1e-5)
+    assert torch.equal(features.token_ids, ids[words])
+    assert features.is_answer.sum() == 1 + 1 + 3  # red | rocket | tomatoes ro ##jo

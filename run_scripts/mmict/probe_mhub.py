@@ -3,7 +3,7 @@ text feature, at each stage of the path (Q-Former embeddings, each Q-Former laye
 
     python run_scripts/mmict/probe_mhub.py --cfg-path output/mmict_demo_configs/mmict.yaml \
         --checkpoint output/mmict_demo/<job_id>/checkpoint_best.pth [--fit-split train] [--score-split test] \
-        [--limit N] [--options key=value ...]
+        [--limit N] [--seed S] [--options key=value ...]
 
 Every record of the config's first dataset becomes one demonstration text (its clip + the
 demonstration template); read-outs are fitted on --fit-split and scored on --score-split. Without
