@@ -96,6 +96,8 @@ MODEL_KEYS = {
         "frame_mode": STR, "num_frames": opt(INT), "train_separator": BOOL,
         "demo_feature_cache": opt(STR), "demo_feature_cache_dir": opt(STR),
         "demo_feature_cache_memory_items": INT,
+        # models/pool_store.py
+        "demo_feature_store": STR, "demo_feature_store_dir": opt(STR),
     },
     "aim_opt": {
         **LAVIS_MODEL_KEYS, **BACKBONE_KEYS,
@@ -178,6 +180,8 @@ RUN_KEYS = {
     # dist.py, runners/
     "dist_timeout_s": FLOAT, "find_unused_parameters": BOOL, "seed": INT, "job_id": opt(STR_OR_INT),
     "eval_ckpt_path": opt(STR),
+    # runners/media_check.py
+    "check_media": BOOL,
     # tasks/: generation and metrics in evaluation
     "num_beams": INT, "max_len": INT, "min_len": INT, "inference_method": STR, "prompt": opt(STR),
     "eval_log_freq": INT, "caption_metrics": STR_OR_LIST, "caption_tokenizer": STR,
@@ -190,7 +194,7 @@ RUN_KEYS = {
 #: (move each into its table above then: tests/test_config_schema.py requires docs for the rest)
 COMING_KEYS = {
     "model": {"query_text_in_qformer": BOOL, "qformer_text_init": STR},
-    "run": {"check_media": BOOL, "use_grad_checkpoint": BOOL},
+    "run": {"use_grad_checkpoint": BOOL},
     "dataset": {"demonstrations.max_prefix_tokens": opt(INT)},
 }
 for _table in MODEL_KEYS.values():

@@ -1,11 +1,14 @@
 """What the ``make demo`` scripts (``run_scripts/aim/demo.py``, ``run_scripts/mmict/demo.py``)
 share: launching ``train.py``/``evaluate.py`` under torchrun, reading a run's metrics back from
-LAVIS's ``log.txt``, and printing result tables."""
+LAVIS's ``log.txt``, printing result tables, and writing a run's config (a project YAML with a few
+keys changed)."""
 import glob
 import json
 import os
 import subprocess
 import sys
+
+from omegaconf import OmegaConf
 
 
 def torchrun(script, cfg_path, options=(), nproc=2):
@@ -59,3 +62,14 @@ def print_table(header, rows):
     print("|" + "|".join("---" for _ in header) + "|")
     for cells in rows:
         print("| " + " | ".join(cells) + " |")
+
+
+def write_run_config(base_cfg_path, overrides, path):
+    """Write the YAML ``base_cfg_path`` with ``overrides`` (dotted key -> value, e.g.
+    ``{"model.demo_format": "text_only"}``) set, to ``path``; returns ``path``."""
+    cfg = OmegaConf.load(base_cfg_path)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    OmegaConf.save(cfg, path)
+    return path

