@@ -30,7 +30,7 @@ test-quick: $(STAMP)
 
 # Speed and memory ratios (benchmarks/, BENCHMARKS.md): CPU, "small" size, under 10 minutes on 2 cores.
 bench: $(STAMP)
-	$(OFFLINE) $(PY) -m benchmarks --size small --device cpu --table1-tiny
+	$(OFFLINE) $(PY) -m benchmarks --size small --device cpu
 
 clean:
 	rm -rf $(VENV) output

@@ -1,6 +1,6 @@
 """``python -m benchmarks``: print the five benchmark tables (markdown) and save them.
 
-    python -m benchmarks                          # what `make bench` runs: CPU, small size (+ table 1 tiny)
+    python -m benchmarks                          # what `make bench` runs: CPU, small size
     python -m benchmarks --size real --device cuda --tables 1,2,3,4,5   # real shapes on a GPU
     python -m benchmarks --size tiny --rounds 1   # a quick look
 
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-TARGETS = {  # table 1 speed-up at B=16, K=4, per size
-    "tiny": 5.0, "small": 2.0, "real": 5.0,
+TARGETS = {  # table 1 speed-up at B=16, K=4, per size; none at tiny (32 px: it times the interpreter)
+    "small": 2.0, "real": 5.0,
 }
 
 
@@ -41,8 +41,6 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tables", default="1,2,3,4,5", help="comma-separated table numbers")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median)")
-    parser.add_argument("--table1-tiny", action="store_true",
-                        help="also run table 1 at the tiny size (what `make bench` does)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared machine, OpenMP threads waiting for a "
                              "core another process holds make per-call times swing 10-100x)")
@@ -70,9 +68,7 @@ def main(argv=None):
 
     runs = []
     if 1 in wanted:
-        if args.table1_tiny and args.size != "tiny":
-            runs.append(lambda: tables.training_speedup("tiny", args.device, args.rounds, target=TARGETS["tiny"]))
-        runs.append(lambda: tables.training_speedup(args.size, args.device, args.rounds, target=TARGETS[args.size]))
+        runs.append(lambda: tables.training_speedup(args.size, args.device, args.rounds, target=TARGETS.get(args.size)))
     if 2 in wanted:
         runs.append(lambda: tables.demo_cost(args.size, args.device, args.rounds))
     if 3 in wanted:

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import torch
 
+from benchmarks.generation import batched_generation  # noqa: F401  (table 5)
 from benchmarks.memory import peak_bytes
 from benchmarks.reference import per_turn_loss
 from benchmarks.sizes import SIZES, build_model, count_parameters, image_size
@@ -147,34 +148,6 @@ def demo_cost(size, device, rounds, batch=16, num_demos=4, target=3.5) -> Table:
                                   target, at_least=False))
     table.notes.append(f"without the cache: {median_ratio(seconds[f'K={num_demos}'], base):.2f}x; the Q-Former "
                        f"still reads all {num_demos + 1} items per query with the cache (only the frozen ViT is skipped)")
-    return table
-
-
-# ---------------------------------------------------------------------- 5. batched generation
-def batched_generation(size, device, rounds, batch=32, num_demos=2, num_beams=5, max_len=10, target=4.0) -> Table:
-    model = build_model(size, device).eval()
-    frames, pixels = SIZES[size].frames, image_size(model)
-    samples = make_batch(batch, num_demos, frames, pixels, seed=5, device=device)
-    singles = [{key: (value[i:i + 1] if torch.is_tensor(value) else value[i:i + 1]) for key, value in samples.items()}
-               for i in range(batch)]
-    settings = dict(num_beams=num_beams, max_length=max_len, min_length=max_len)
-
-    def batched():
-        model.generate(samples, **settings)
-
-    def one_by_one():
-        for single in singles:
-            model.generate(single, **settings)
-
-    seconds = interleaved({"batch 1": one_by_one, f"batch {batch}": batched}, rounds=rounds, device=device)
-    ratio = median_ratio(seconds["batch 1"], seconds[f"batch {batch}"])
-    table = Table(f"5. mmict_blip2 batched generation ({size}, {device}, K={num_demos} demos, beam {num_beams}, "
-                  f"{max_len} new tokens)", ["batch", "samples/s", "x batch 1"])
-    table.rows.append([1, batch / median(seconds["batch 1"]), 1.0])
-    table.rows.append([batch, batch / median(seconds[f"batch {batch}"]), ratio])
-    table.targets.append(_verdict(f"samples/s at batch {batch} / batch 1", ratio, target))
-    table.notes.append("min_length = max_length: every variant generates the same number of tokens "
-                       "(random weights would otherwise stop at random places)")
     return table
 
 
