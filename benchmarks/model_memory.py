@@ -108,16 +108,17 @@ def memory_rows():
 
 
 def markdown(rows, measured=None) -> str:
-    """The docs/memory.md table; ``measured``: {(arch, model_type): peak GiB at B=8, K=4}."""
+    """The docs/memory.md table; ``measured``: {(arch, model_type): peak GiB at B=8, K=4}.
+    Gradients and AdamW state: 12 bytes per trainable (fp32) parameter (gradient + two moments)."""
     measured = measured or {}
     lines = ["| model | LLM | parameters | trainable | ViT / Q-Former + proj. / LLM | weights in memory "
-             "| peak training step B=8, K=4 |", "|---|---|---|---|---|---|---|"]
+             "| + gradients and AdamW state | peak training step B=8, K=4 |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         peak = measured.get((row["arch"], row["model_type"]), "not measured (no GPU lent)")
         lines.append(f"| `{row['arch']}` `{row['model_type']}` | {row['llm']} ({row['llm_dtype']}) "
                      f"| {row['total'] / 1e9:.2f} B | {row['trainable'] / 1e6:.0f} M "
                      f"| {row['vit'] / 1e9:.2f} B / {row['qformer'] / 1e6:.0f} M / {row['llm_params'] / 1e9:.2f} B "
-                     f"| {row['weights'] / 2 ** 30:.1f} GiB | {peak} |")
+                     f"| {row['weights'] / 2 ** 30:.1f} GiB | {row['trainable'] * 12 / 2 ** 30:.1f} GiB | {peak} |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,3 +26,15 @@ def test_gpu_check_refuses_cuda_without_a_gpu(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_model_memory_counts_the_published_shapes_without_weights():
+    """Built on the meta device from the real configs: EVA ViT-g ~1.0 B, OPT-2.7B ~2.65 B parameters."""
+    from benchmarks.model_memory import build, real_shape_config, weight_bytes
+
+    cfg = real_shape_config("mmict_blip2", "pretrain_opt2.7b")
+    model = build(cfg)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    size, parts = weight_bytes(model, cfg)
+    assert 0.98e9 < parts["vit"] < 1.0e9 and 2.6e9 < parts["llm"] < 2.7e9
+    assert size == 2 * parts["vit"] + 2 * parts["llm"] + 4 * parts["rest"]  # fp16 ViT and OPT, fp32 rest
