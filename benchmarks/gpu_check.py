@@ -27,7 +27,7 @@ import torch
 from benchmarks import tables
 from benchmarks.memory import peak_bytes
 from benchmarks.model_memory import real_shape_config
-from benchmarks.run import machine
+from benchmarks.run import machine, run_tables
 from benchmarks.sizes import SIZES, build_from_config, count_parameters, image_size, model_config
 from benchmarks.tables import Table, _batched_loss, _trainable, _training_step
 from benchmarks.timing import interleaved, median, median_ratio
@@ -99,7 +99,7 @@ def training_steps(size, device, batch, num_demos, rounds, store, memory):
                 memory[f"mmict_blip2 {name}"] = (count_parameters(model), weights, peak)
         if not store:
             table.rows.append([name, f"K={num_demos}, store", "not measured", "", ""])
-        del model, optimizer
+        model = optimizer = variants = None  # free this family's weights before the next one's
         release(device)
     table.notes.append("AMP: the model's own autocast (LAVIS's maybe_autocast: fp16 around OPT, bf16 around "
                        "FlanT5) on a GPU; fp32 on a CPU. Peak memory: all tensors incl. weights and AdamW state "
@@ -144,7 +144,7 @@ def main(argv=None):
     started = time.perf_counter()
     header = f"Machine: {machine(args.device)}\nCommand: python -m benchmarks.gpu_check {' '.join(argv or sys.argv[1:])}\n"
     print(header, flush=True)
-    memory, outputs = {}, []
+    memory = {}
     gen_shots = tuple(int(k) for k in args.gen_shots.split(","))
     runs = [
         lambda: training_steps(args.size, args.device, args.batch, args.shots, args.rounds, args.store == "memory",
@@ -157,22 +157,8 @@ def main(argv=None):
         lambda: tables.aim_inference(args.size, args.device, args.rounds, shots=(0, args.aim_shots)),
         lambda: memory_table(args.size, args.device, memory, args.batch, args.shots),
     ]
-    for run in runs:
-        table_started = time.perf_counter()
-        table = run()
-        table.notes.append(f"measured in {time.perf_counter() - table_started:.0f} s")
-        text = table.markdown()
-        print(text, flush=True)
-        outputs.append(text)
-        release(args.device)
-    footer = f"Total time: {time.perf_counter() - started:.0f} s\n"
-    print(footer)
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"gpu_check_{args.size}_{torch.device(args.device).type}.md")
-    with open(path, "w") as file:
-        file.write(header + "\n" + "\n".join(outputs) + "\n" + footer)
-    print(f"saved {path}")
-    return path
+    return run_tables(runs, header, started, path, after_each=lambda: release(args.device))
 
 
 if __name__ == "__main__":

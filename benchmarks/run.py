@@ -34,6 +34,28 @@ def machine(device) -> str:
     return text
 
 
+def run_tables(runs, header, started, path, after_each=None):
+    """Run each table function of ``runs`` in turn, print its markdown as it comes, then write
+    ``header``, every table and the total time to ``path`` (its folder created)."""
+    outputs = []
+    for run in runs:
+        table_started = time.perf_counter()
+        table = run()
+        table.notes.append(f"measured in {time.perf_counter() - table_started:.0f} s")
+        text = table.markdown()
+        print(text, flush=True)
+        outputs.append(text)
+        if after_each is not None:
+            after_each()
+    footer = f"Total time: {time.perf_counter() - started:.0f} s\n"
+    print(footer)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as file:
+        file.write(header + "\n" + "\n".join(outputs) + "\n" + footer)
+    print(f"saved {path}")
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,13 +81,6 @@ def main(argv=None):
     header = (f"Machine: {machine(args.device)}\n"
               f"Command: python -m benchmarks {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     print(header, flush=True)
-    outputs = []
-
-    def emit(table):
-        text = table.markdown()
-        print(text, flush=True)
-        outputs.append(text)
-
     runs = []
     if 1 in wanted:
         runs.append(lambda: tables.training_speedup(args.size, args.device, args.rounds, target=TARGETS.get(args.size)))
@@ -77,18 +92,8 @@ def main(argv=None):
         runs.append(lambda: tables.aim_bank(args.size, args.device, args.rounds))
     if 5 in wanted:
         runs.append(lambda: tables.batched_generation(args.size, args.device, args.rounds))
-    for run in runs:
-        table_started = time.perf_counter()
-        table = run()
-        table.notes.append(f"measured in {time.perf_counter() - table_started:.0f} s")
-        emit(table)
-    footer = f"Total time: {time.perf_counter() - started:.0f} s\n"
-    print(footer)
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"bench_{args.size}_{torch.device(args.device).type}.md")
-    with open(path, "w") as file:
-        file.write(header + "\n" + "\n".join(outputs) + "\n" + footer)
-    print(f"saved {path}")
+    run_tables(runs, header, started, path)
 
 
 if __name__ == "__main__":

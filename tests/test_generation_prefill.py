@@ -36,6 +36,15 @@ def opt_model():
     return lavis_mmict.load_model("mmict_blip2", "tiny", is_eval=True)
 
 
+def generate_hooked(model, samples, hooks, **kwargs):
+    """``model.generate`` with forward hooks (removed afterwards) that record what the LLM read."""
+    try:
+        return model.generate(samples, **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def settings(model, **kwargs):
     return dict(eos_token_id=model.answer_end_id, pad_token_id=model.llm_tokenizer.pad_token_id,
                 repetition_penalty=1.0, length_penalty=1.0, **kwargs)
@@ -80,11 +89,7 @@ def test_opt_prefix_read_once_per_sample_and_logits_at_one_position(opt_model):
                  lambda m, a, k: decoder_rows.append(k["inputs_embeds"].shape[:2] if k.get("inputs_embeds") is not None
                                                      else None), with_kwargs=True),
              llm.lm_head.register_forward_pre_hook(lambda m, a: head_positions.append(a[0].shape[1]))]
-    try:
-        answers = opt_model.generate(samples, num_beams=num_beams, max_length=5, min_length=5)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    answers = generate_hooked(opt_model, samples, hooks, num_beams=num_beams, max_length=5, min_length=5)
     assert len(answers) == batch
     prefill = [shape for shape in decoder_rows if shape is not None]
     assert len(prefill) == 1 and prefill[0][0] == batch and prefill[0][1] > 20  # the demos' positions
@@ -111,11 +116,7 @@ def test_t5_encoder_runs_once_per_sample_and_outputs_are_expanded(num_beams):
                  lambda m, a, k: encoder_rows.append(k["inputs_embeds"].shape[0]), with_kwargs=True),
              llm.get_decoder().register_forward_pre_hook(
                  lambda m, a, k: decoder_rows.append(k["encoder_hidden_states"].shape[0]), with_kwargs=True)]
-    try:
-        answers = model.generate(samples, num_beams=num_beams, max_length=4, min_length=4)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    answers = generate_hooked(model, samples, hooks, num_beams=num_beams, max_length=4, min_length=4)
     assert len(answers) == batch
     assert encoder_rows == [batch]
     assert decoder_rows and set(decoder_rows) == {batch * num_beams}
