@@ -29,7 +29,7 @@ from benchmarks.memory import peak_bytes
 from benchmarks.model_memory import real_shape_config
 from benchmarks.run import machine, run_tables
 from benchmarks.sizes import SIZES, build_from_config, count_parameters, image_size, model_config
-from benchmarks.tables import Table, _batched_loss, _trainable, _training_step
+from benchmarks.tables import Table, _batched_loss, _trainable, _training_step, warm_demo_cache
 from benchmarks.timing import interleaved, median, median_ratio
 from benchmarks.workloads import make_batch
 from lavis_mmict.models.feature_cache import DemoFeatureCache
@@ -75,9 +75,7 @@ def training_steps(size, device, batch, num_demos, rounds, store, memory):
         no_cache, store_cache = DemoFeatureCache("none"), DemoFeatureCache("memory", memory_items=100000)
         if store:  # what a filled pool feature store gives the model: every demo clip's frozen ViT output
             model.demo_feature_cache = store_cache
-            with torch.no_grad(), model.maybe_autocast(model.family.autocast_dtype):
-                model.vit_features(samples[num_demos]["demo_image"].flatten(0, 1),
-                                   [key for row in samples[num_demos]["demo_media_key"] for key in row])
+            warm_demo_cache(model, samples[num_demos])
 
         def variant(cache, k):
             step = _training_step(model, optimizer, samples[k], _batched_loss)

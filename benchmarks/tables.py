@@ -1,6 +1,7 @@
 """The five benchmark tables. Each returns a ``Table``: rows of measured figures, the ratio that
 the issue's target is about, the target, and whether it was met. Variants of one table run
 interleaved in one process on one model (timing.py)."""
+import contextlib
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -59,6 +60,25 @@ def _trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def as_in_a_model_call(model):
+    """The contexts ``forward``/``generate`` run the encoders in (the LLM's autocast, then the
+    model's ``encoding_context``): on a GPU the fp16 ViT needs autocast, and the demo feature
+    cache's keys include the autocast dtype. No-ops on a CPU."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    stack.enter_context(model.maybe_autocast(model.family.autocast_dtype))
+    stack.enter_context(model.encoding_context())
+    return stack
+
+
+def warm_demo_cache(model, samples):
+    """Put every demo clip's frozen ViT output of ``samples`` in the model's demo feature cache, as
+    the timed calls will look it up."""
+    with as_in_a_model_call(model):
+        model.vit_features(samples["demo_image"].flatten(0, 1),
+                           [key for row in samples["demo_media_key"] for key in row])
+
+
 # ---------------------------------------------------------------------- 1. training speed-up
 def training_speedup(size, device, rounds, batches=(4, 16), shots=(2, 4, 8), target=None) -> Table:
     """Our batched step (with and without the demo feature cache) vs the per-turn reference."""
@@ -81,9 +101,7 @@ def training_speedup(size, device, rounds, batches=(4, 16), shots=(2, 4, 8), tar
             samples = make_batch(batch, num_demos, frames, pixels, seed=batch * 100 + num_demos, device=device)
             # the cache holds every demo clip (the steady state); one ViT call fills it
             model.demo_feature_cache = memory_cache
-            with torch.no_grad():
-                keys = [key for row in samples["demo_media_key"] for key in row]
-                model.vit_features(samples["demo_image"].flatten(0, 1), keys)
+            warm_demo_cache(model, samples)
             target_row = (batch, num_demos) == (16, 4)
 
             def with_cache(cache, fn):
@@ -153,7 +171,7 @@ def demo_cost(size, device, rounds, batch=16, num_demos=4, target=3.5) -> Table:
 
 # ---------------------------------------------------------------------- 3. AIM fused vs raw
 def _llm_positions(model, samples) -> int:
-    with torch.no_grad():
+    with torch.no_grad(), model.maybe_autocast(model.family.autocast_dtype):
         segments = model.prefix_segments(samples)
     return int(sum(int(segment.mask.sum()) for segment in segments))
 
@@ -217,11 +235,11 @@ def aim_bank(size, device, rounds, batch=4, num_demos=16, target=5.0) -> Table:
     samples = make_batch(batch, num_demos, frames, pixels, seed=400, device=device)
     queries_only = make_batch(batch, 0, frames, pixels, seed=400, device=device)
 
-    @torch.no_grad()
     def encode(batch_samples, empty_bank):
         if empty_bank:
             model.demo_bank.clear_memory()
-        model.encode(batch_samples)
+        with as_in_a_model_call(model):
+            model.encode(batch_samples)
 
     seconds = interleaved({
         "first pass": lambda: encode(samples, True),
