@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # No model hub at run time: tiny models ship with the package; real weights must be on disk.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv demo test test-quick bench clean
+.PHONY: venv demo test test-quick bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -30,7 +30,12 @@ test-quick: $(STAMP)
 
 # Speed and memory ratios (benchmarks/, BENCHMARKS.md): CPU, "small" size, under 10 minutes on 2 cores.
 bench: $(STAMP)
-	$(OFFLINE) $(PY) -m benchmarks --size small --device cpu --table1-tiny
+	$(OFFLINE) $(PY) -m benchmarks --size small --device cpu
+
+# On a machine with one GPU (under 8 minutes): real shapes, random weights, no downloads; tables
+# as markdown in output/gpu_check/ (benchmarks/gpu_check.py, BENCHMARKS.md "GPU").
+gpu-check: $(STAMP)
+	$(OFFLINE) $(PY) -m benchmarks.gpu_check --size real --device cuda
 
 clean:
 	rm -rf $(VENV) output

@@ -4,10 +4,16 @@ algorithm: every demonstration and every query goes through the ViT and M-Hub on
 computes the same loss as ``MMICTBlip2.forward`` (the token mean over the batch's targets, not
 the reference code's doubly divided loss); the smoke test checks that, so timings compare the
 same computation done two ways. Decoder-only (OPT) models, ``mmict`` demo format.
+
+``repeated_prefix_generate`` is the generation path before the pre-fill (issue 15): every beam
+re-reads the whole packed prefix; the tests check the current path generates the same tokens, and
+table 5 times the two side by side.
 """
+import contextlib
+
 import torch
 
-from lavis_mmict.models.sequence import IGNORE_INDEX
+from lavis_mmict.models.sequence import IGNORE_INDEX, NO_TOKEN, llm_generate, pack_segments
 
 
 def _one_item(model, frames, text):
@@ -48,3 +54,38 @@ def per_turn_loss(model, samples):
             weighted_sum = weighted_sum + loss * count
             num_targets += count
     return weighted_sum / num_targets
+
+
+def repeated_prefix_generate(llm, prefix, encoder_decoder, max_new_tokens, min_new_tokens=1, num_beams=1,
+                             use_nucleus_sampling=False, num_return_sequences=1, **generation):
+    """``llm_generate`` as it was before the pre-fill: a decoder-only LLM gets the packed prefix
+    repeated per beam as ``query_embeds`` and its first forward pass computes vocabulary logits at
+    every prefix position. Encoder-decoder LLMs take the unchanged path. Same signature and result."""
+    if encoder_decoder:
+        return llm_generate(llm, prefix, True, max_new_tokens, min_new_tokens, num_beams, use_nucleus_sampling,
+                            num_return_sequences, **generation)
+    packed = pack_segments(prefix, padding_side="left")
+    last_ids = packed.token_ids[:, -1:]
+    if not bool((last_ids != NO_TOKEN).all()):
+        raise ValueError("a decoder-only prefix must end with a token segment (the prompt) to generate from")
+    expand = num_return_sequences if use_nucleus_sampling else max(num_beams, 1)
+    outputs = llm.generate(input_ids=last_ids,
+                           query_embeds=packed.embeds[:, :-1].repeat_interleave(expand, dim=0),
+                           attention_mask=packed.attention_mask,
+                           max_length=max_new_tokens + 1, min_length=min_new_tokens + 1,
+                           do_sample=use_nucleus_sampling, num_beams=1 if use_nucleus_sampling else num_beams,
+                           num_return_sequences=num_return_sequences, **generation)
+    return outputs[:, 1:]
+
+
+@contextlib.contextmanager
+def repeated_prefix_generation():
+    """Within the block, models generate through ``repeated_prefix_generate`` (the old path)."""
+    from lavis_mmict.models import base
+
+    current = base.llm_generate
+    base.llm_generate = repeated_prefix_generate
+    try:
+        yield
+    finally:
+        base.llm_generate = current

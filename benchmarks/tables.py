@@ -1,11 +1,13 @@
 """The five benchmark tables. Each returns a ``Table``: rows of measured figures, the ratio that
 the issue's target is about, the target, and whether it was met. Variants of one table run
 interleaved in one process on one model (timing.py)."""
+import contextlib
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
 
+from benchmarks.generation import batched_generation  # noqa: F401  (table 5)
 from benchmarks.memory import peak_bytes
 from benchmarks.reference import per_turn_loss
 from benchmarks.sizes import SIZES, build_model, count_parameters, image_size
@@ -58,6 +60,25 @@ def _trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def as_in_a_model_call(model):
+    """The contexts ``forward``/``generate`` run the encoders in (the LLM's autocast, then the
+    model's ``encoding_context``): on a GPU the fp16 ViT needs autocast, and the demo feature
+    cache's keys include the autocast dtype. No-ops on a CPU."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    stack.enter_context(model.maybe_autocast(model.family.autocast_dtype))
+    stack.enter_context(model.encoding_context())
+    return stack
+
+
+def warm_demo_cache(model, samples):
+    """Put every demo clip's frozen ViT output of ``samples`` in the model's demo feature cache, as
+    the timed calls will look it up."""
+    with as_in_a_model_call(model):
+        model.vit_features(samples["demo_image"].flatten(0, 1),
+                           [key for row in samples["demo_media_key"] for key in row])
+
+
 # ---------------------------------------------------------------------- 1. training speed-up
 def training_speedup(size, device, rounds, batches=(4, 16), shots=(2, 4, 8), target=None) -> Table:
     """Our batched step (with and without the demo feature cache) vs the per-turn reference."""
@@ -80,9 +101,7 @@ def training_speedup(size, device, rounds, batches=(4, 16), shots=(2, 4, 8), tar
             samples = make_batch(batch, num_demos, frames, pixels, seed=batch * 100 + num_demos, device=device)
             # the cache holds every demo clip (the steady state); one ViT call fills it
             model.demo_feature_cache = memory_cache
-            with torch.no_grad():
-                keys = [key for row in samples["demo_media_key"] for key in row]
-                model.vit_features(samples["demo_image"].flatten(0, 1), keys)
+            warm_demo_cache(model, samples)
             target_row = (batch, num_demos) == (16, 4)
 
             def with_cache(cache, fn):
@@ -150,37 +169,9 @@ def demo_cost(size, device, rounds, batch=16, num_demos=4, target=3.5) -> Table:
     return table
 
 
-# ---------------------------------------------------------------------- 5. batched generation
-def batched_generation(size, device, rounds, batch=32, num_demos=2, num_beams=5, max_len=10, target=4.0) -> Table:
-    model = build_model(size, device).eval()
-    frames, pixels = SIZES[size].frames, image_size(model)
-    samples = make_batch(batch, num_demos, frames, pixels, seed=5, device=device)
-    singles = [{key: (value[i:i + 1] if torch.is_tensor(value) else value[i:i + 1]) for key, value in samples.items()}
-               for i in range(batch)]
-    settings = dict(num_beams=num_beams, max_length=max_len, min_length=max_len)
-
-    def batched():
-        model.generate(samples, **settings)
-
-    def one_by_one():
-        for single in singles:
-            model.generate(single, **settings)
-
-    seconds = interleaved({"batch 1": one_by_one, f"batch {batch}": batched}, rounds=rounds, device=device)
-    ratio = median_ratio(seconds["batch 1"], seconds[f"batch {batch}"])
-    table = Table(f"5. mmict_blip2 batched generation ({size}, {device}, K={num_demos} demos, beam {num_beams}, "
-                  f"{max_len} new tokens)", ["batch", "samples/s", "x batch 1"])
-    table.rows.append([1, batch / median(seconds["batch 1"]), 1.0])
-    table.rows.append([batch, batch / median(seconds[f"batch {batch}"]), ratio])
-    table.targets.append(_verdict(f"samples/s at batch {batch} / batch 1", ratio, target))
-    table.notes.append("min_length = max_length: every variant generates the same number of tokens "
-                       "(random weights would otherwise stop at random places)")
-    return table
-
-
 # ---------------------------------------------------------------------- 3. AIM fused vs raw
 def _llm_positions(model, samples) -> int:
-    with torch.no_grad():
+    with torch.no_grad(), model.maybe_autocast(model.family.autocast_dtype):
         segments = model.prefix_segments(samples)
     return int(sum(int(segment.mask.sum()) for segment in segments))
 
@@ -244,11 +235,11 @@ def aim_bank(size, device, rounds, batch=4, num_demos=16, target=5.0) -> Table:
     samples = make_batch(batch, num_demos, frames, pixels, seed=400, device=device)
     queries_only = make_batch(batch, 0, frames, pixels, seed=400, device=device)
 
-    @torch.no_grad()
     def encode(batch_samples, empty_bank):
         if empty_bank:
             model.demo_bank.clear_memory()
-        model.encode(batch_samples)
+        with as_in_a_model_call(model):
+            model.encode(batch_samples)
 
     seconds = interleaved({
         "first pass": lambda: encode(samples, True),

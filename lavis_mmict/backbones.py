@@ -10,7 +10,10 @@ Config keys read here (all under ``model:``):
   vit_init             ``pretrained`` (load the weights above) or ``random`` (the preset's architecture,
                        randomly initialised: speed and memory measurements without the weights)
   image_size           input resolution of each frame
-  drop_path_rate, use_grad_checkpoint, vit_precision (fp16|fp32), freeze_vit
+  drop_path_rate, vit_precision (fp16|fp32), freeze_vit
+  use_grad_checkpoint  activation (gradient) checkpointing of what trains: the Q-Former's layers, the
+                       LLM's layers when ``freeze_llm`` is False, the ViT's blocks when ``freeze_vit``
+                       is False (a frozen part has no backward of its own to recompute for)
   qformer_model        BERT name or folder with config.json + vocab.txt (``bert-base-uncased``)
   qformer_init         ``pretrained`` (BERT weights from qformer_model) or ``random``
   num_query_token, cross_attention_freq
@@ -236,7 +239,7 @@ def build_vision_encoder(cfg):
         qkv_bias=True,
         drop_path_rate=cfg.get("drop_path_rate", 0.0),
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        use_checkpoint=cfg.get("use_grad_checkpoint", False),
+        use_checkpoint=bool(cfg.get("use_grad_checkpoint", False)) and not cfg.get("freeze_vit", True),
         **preset,
     )
     if path:
@@ -276,6 +279,9 @@ def build_qformer(cfg, vision_width):
     bert_config.add_cross_attention = True
     bert_config.cross_attention_freq = cfg.get("cross_attention_freq", 2)
     bert_config.query_length = num_query_token
+    # LAVIS's Q-Former checkpoints each layer when this is set and it is in training mode (a frozen
+    # Q-Former, as in aim_opt, is kept in eval mode, so this never recomputes a frozen one)
+    bert_config.gradient_checkpointing = bool(cfg.get("use_grad_checkpoint", False))
     if _check_init(cfg, "qformer_init") == "pretrained":
         qformer = BertLMHeadModel.from_pretrained(name, config=bert_config, **hub_kwargs)
     else:
@@ -343,4 +349,6 @@ def build_llm(cfg, extra_tokens=()):
         for param in llm.parameters():
             param.requires_grad = False
         logging.info("freeze LLM")
+    elif cfg.get("use_grad_checkpoint", False):
+        llm.gradient_checkpointing_enable()  # each decoder (T5: encoder and decoder) layer, in training mode
     return llm, tokenizer, family

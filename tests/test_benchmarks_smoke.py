@@ -30,9 +30,10 @@ def test_every_table_runs_at_the_tiny_size():
         tables.demo_cost("tiny", "cpu", rounds=1, batch=2, num_demos=2),
         tables.aim_inference("tiny", "cpu", rounds=1, batch=2, shots=(0, 2), num_beams=2, max_len=2),
         tables.aim_bank("tiny", "cpu", rounds=1, batch=2, num_demos=2),
-        tables.batched_generation("tiny", "cpu", rounds=1, batch=2, num_demos=1, num_beams=2, max_len=2),
+        tables.batched_generation("tiny", "cpu", rounds=1, batch=2, single=2, shots=(1, 2), long_batch=2,
+                                  num_beams=2, max_len=2),
     ]
-    assert [len(t.rows) for t in results] == [1, 3, 4, 2, 2]
+    assert [len(t.rows) for t in results] == [1, 3, 4, 2, 8]  # generation: K x batch 1 / large x two paths
     for table in results:
         text = table.markdown()
         assert text.startswith("### ") and table.targets or table is results[0]

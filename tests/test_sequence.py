@@ -61,6 +61,13 @@ class RecordingLLM(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.prefills = []  # what the decoder stack read when generation pre-filled the cache
+
+    def get_decoder(self):
+        def decoder(**kwargs):  # one layer whose keys and values are the embeddings it read
+            self.prefills.append(kwargs)
+            return SimpleNamespace(past_key_values=((kwargs["inputs_embeds"], kwargs["inputs_embeds"]),))
+        return decoder
 
     def forward(self, **kwargs):
         self.calls.append(kwargs)
@@ -111,9 +118,15 @@ def test_generation_inputs_per_family():
     opt = RecordingLLM()
     llm_generate(opt, prefix, encoder_decoder=False, max_new_tokens=4, num_beams=2)
     kwargs = opt.calls[0]
-    # left padded; the prompt's last token is the input id, the rest embeddings repeated per beam
+    # left padded; the prompt's last token is the input id, the rest pre-filled once per sample
+    # into a key/value cache that is repeated per beam
     assert kwargs["input_ids"].tolist() == [[50], [70]]
-    assert kwargs["query_embeds"].squeeze(-1).tolist() == [[0, 1, 2], [0, 1, 2], [3, 4, 6], [3, 4, 6]]
+    ((prefill),) = opt.prefills
+    assert prefill["inputs_embeds"].squeeze(-1).tolist() == [[0, 1, 2], [3, 4, 6]]
+    assert prefill["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]] and prefill["use_cache"]
+    ((keys, values),) = kwargs["past_key_values"]
+    assert keys.squeeze(-1).tolist() == [[0, 1, 2], [0, 1, 2], [3, 4, 6], [3, 4, 6]]
+    assert "query_embeds" not in kwargs
     assert kwargs["attention_mask"].tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
     assert kwargs["max_length"] == 5
 
@@ -121,7 +134,7 @@ def test_generation_inputs_per_family():
     llm_generate(sampled, prefix, encoder_decoder=False, max_new_tokens=4, num_beams=5,
                  use_nucleus_sampling=True, num_return_sequences=2)
     kwargs = sampled.calls[0]
-    assert kwargs["do_sample"] and kwargs["num_beams"] == 1 and kwargs["query_embeds"].shape[0] == 4
+    assert kwargs["do_sample"] and kwargs["num_beams"] == 1 and kwargs["past_key_values"][0][0].shape[0] == 4
 
     no_prompt = [segment([[1, 2]], [[1, 1]])]
     with pytest.raises(ValueError, match="must end with a token segment"):

@@ -128,16 +128,28 @@ def llm_generate(llm, prefix: List[Segment], encoder_decoder: bool, max_new_toke
         outputs = llm.generate(inputs_embeds=packed.embeds, attention_mask=packed.attention_mask,
                                max_new_tokens=max_new_tokens, min_length=min_new_tokens + 1, **common)
         return outputs[:, 1:]
-    # LAVIS's OPT continues `query_embeds` followed by `input_ids`: with left padding every sample's
-    # last position is a token (the prompt's end), so it becomes the single input id and the rest
-    # of the prefix goes in as embeddings, repeated per beam / returned sequence.
+    # With left padding every sample's last position is a token (the prompt's end): Hugging Face
+    # generates from it as the single input id. The positions before it are pre-filled once per
+    # sample into a key/value cache (no vocabulary logits), which is then repeated per beam /
+    # returned sequence; the first decoding step reads the last token against that cache.
     packed = pack_segments(prefix, padding_side="left")
     last_ids = packed.token_ids[:, -1:]
     if not bool((last_ids != NO_TOKEN).all()):
         raise ValueError("a decoder-only prefix must end with a token segment (the prompt) to generate from")
     expand = num_return_sequences if use_nucleus_sampling else max(num_beams, 1)
-    outputs = llm.generate(input_ids=last_ids,
-                           query_embeds=packed.embeds[:, :-1].repeat_interleave(expand, dim=0),
-                           attention_mask=packed.attention_mask,
+    past = prefill_cache(llm, packed.embeds[:, :-1], packed.attention_mask[:, :-1], expand)
+    outputs = llm.generate(input_ids=last_ids, past_key_values=past, attention_mask=packed.attention_mask,
                            max_length=max_new_tokens + 1, min_length=min_new_tokens + 1, **common)
     return outputs[:, 1:]
+
+
+def prefill_cache(llm, embeds, attention_mask, expand: int):
+    """The decoder-only LLM's key/value cache over ``embeds`` (B, T, D) with ``attention_mask``
+    (B, T): one forward pass per sample through the decoder stack only (no vocabulary logits),
+    each layer's keys and values then repeated ``expand`` times per sample (B * expand rows, the
+    order Hugging Face expands beams in). None when T == 0 (nothing to pre-fill).
+    """
+    if embeds.shape[1] == 0:
+        return None
+    out = llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=True, return_dict=True)
+    return tuple(tuple(state.repeat_interleave(expand, dim=0) for state in layer) for layer in out.past_key_values)
