@@ -173,8 +173,8 @@ class AIMOpt(Blip2ICLModel):
             raise ValueError(f"aim_opt needs an OPT LLM; model.llm_model is a {family!r} model")
         separator = cfg.get("separator", SEPARATOR_TOKEN)
         if len(opt_tokenizer(separator, add_special_tokens=False).input_ids) != 1:
-            opt_tokenizer.add_special_tokens({"additional_special_tokens": [separator]})
-            opt_model.resize_token_embeddings(len(opt_tokenizer))
+            # a spare row of the table when it has one (OPT: 50272 rows for 50265 tokens), as mmict_blip2
+            backbones.add_special_tokens(opt_tokenizer, opt_model, [separator])
         model = cls(
             visual_encoder=visual_encoder,
             ln_vision=ln_vision,

@@ -231,10 +231,19 @@ class Blip2ICLModel(Blip2Base):
         ids = tokens.input_ids
         return Segment(self.embed_tokens(ids), tokens.attention_mask.bool(), token_ids=ids)
 
-    def target_segment(self, answers):
-        """The answers followed by the family's answer suffix, as labels (pads ignored)."""
+    def target_segment(self, answers, prompts=None):
+        """The answers followed by the family's answer suffix, as labels (pads ignored).
+
+        Decoder-only (OPT): BLIP-2 tokenizes prompt and answer as one text, ``"<prompt> <answer>\n"``,
+        so after a non-empty prompt the answer is tokenized with its leading space (GPT-2 BPE:
+        ``" yes"`` is one token, not ``"yes"``), exactly the tokens LAVIS's Blip2OPT trains on.
+        """
+        if prompts is None or self.family.encoder_decoder:
+            prompts = [""] * len(answers)
+        texts = [(" " if prompt and not prompt[-1].isspace() and not answer[:1].isspace() else "")
+                 + answer + self.family.answer_suffix for answer, prompt in zip(answers, prompts)]
         tokens = self.llm_tokenizer(
-            [answer + self.family.answer_suffix for answer in answers],
+            texts,
             add_special_tokens=self.family.target_special_tokens,
             padding="longest",
             truncation=True,
@@ -267,8 +276,8 @@ class Blip2ICLModel(Blip2Base):
         self.before_llm_call()
         # Autocast (CUDA only) around everything, as LAVIS's BLIP-2: the LLM in fp16 (OPT) or bf16 (FlanT5).
         with self.maybe_autocast(self.family.autocast_dtype):
-            loss, _ = llm_loss(self.llm_model, self.prefix_segments(samples),
-                               self.target_segment(samples["text_output"]), self.family.encoder_decoder)
+            target = self.target_segment(samples["text_output"], self.format_prompts(samples))
+            loss, _ = llm_loss(self.llm_model, self.prefix_segments(samples), target, self.family.encoder_decoder)
         return {"loss": loss}
 
     # ---------------------------------------------------------------- inference

@@ -11,8 +11,9 @@ Data flow for a batch of B queries with up to K demonstrations each (see DESIGN.
   -> LLM input per sample: [demo 1] <sep> ... [demo K] <sep> [query visual] [prompt], packed and
      read by OPT (target after it) or FlanT5 (target as decoder labels) in one LLM call, as
      models/base.py does for both models: loss over the batch's target tokens, or generate().
-The query is encoded the same way in every format (M-Hub with its question), so the formats
-differ only in what the demonstrations contribute.
+The query is encoded the same way in every format: M-Hub with its question when
+``query_text_in_qformer`` (default: on for mmict and text_only, off for none and vanilla_ict, the
+paper's baselines), else BLIP-2's vision-only Q-Former pass.
 """
 import logging
 import os
@@ -34,6 +35,9 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 # What each demonstration format feeds the LLM (module docstring); "none" is plain BLIP-2 (K = 0).
 DEMO_FORMATS = ("mmict", "vanilla_ict", "text_only", "none")
+# model.query_text_in_qformer when unset: the paper's baselines (none = plain BLIP-2 fine-tuning,
+# vanilla_ict) keep the question out of the Q-Former; MMICT's M-Hub reads it.
+QUERY_TEXT_IN_QFORMER_DEFAULT = {"mmict": True, "text_only": True, "vanilla_ict": False, "none": False}
 # How a clip of F frames meets the Q-Former: one memory of all frames' patch tokens (N query tokens
 # per clip, as the MMICT reference), or one M-Hub pass per frame (N x F tokens, as InstructBLIP).
 FRAME_MODES = ("concat", "per_frame")
@@ -83,6 +87,7 @@ class MMICTBlip2(Blip2ICLModel):
         train_separator=False,
         num_frames=None,
         demo_feature_cache: Optional[DemoFeatureCache] = None,
+        query_text_in_qformer=None,
     ):
         family = LLM_FAMILIES[check_choice(llm_family, tuple(LLM_FAMILIES), "llm_model family")]
         super().__init__(visual_encoder, ln_vision, demo_format, family, prompt, max_txt_len)
@@ -94,6 +99,9 @@ class MMICTBlip2(Blip2ICLModel):
         self.frame_mode = check_frame_mode(frame_mode)
         self.num_frames = num_frames
         self.freeze_vit = freeze_vit
+        if query_text_in_qformer is None:
+            query_text_in_qformer = QUERY_TEXT_IN_QFORMER_DEFAULT[self.demo_format]
+        self.query_text_in_qformer = bool(query_text_in_qformer)
         # Frozen ViT outputs of demo clips, reused across steps (models/feature_cache.py).
         self.demo_feature_cache = demo_feature_cache or DemoFeatureCache("none")
         if self.demo_feature_cache.enabled and not freeze_vit:
@@ -163,6 +171,7 @@ class MMICTBlip2(Blip2ICLModel):
             train_separator=cfg.get("train_separator", False),
             num_frames=cfg.get("num_frames", None),
             demo_feature_cache=cache_from_config(cfg),
+            query_text_in_qformer=cfg.get("query_text_in_qformer", None),
         )
         if cfg.get("pretrained", None):
             model.load_lavis_checkpoint(cfg.pretrained, config_key="pretrained")
@@ -248,6 +257,8 @@ class MMICTBlip2(Blip2ICLModel):
         Nq = N for ``concat`` and N x F for ``per_frame`` (text outputs then averaged over frames).
         """
         num_items, num_frames, num_patches, _ = frame_features.shape
+        if not bool(text_visible.any()):  # no text at all: BLIP-2's vision-only Q-Former pass
+            return self.run_mhub_without_text(frame_features), None, None
         ids, mask = self.tokenize_for_qformer(texts)
         mask = mask * text_visible.to(mask.dtype).unsqueeze(1)
         if self.frame_mode == "concat":
@@ -264,6 +275,14 @@ class MMICTBlip2(Blip2ICLModel):
             mask = mask[::num_frames]
         return queries, text, mask.bool()
 
+    def run_mhub_without_text(self, frame_features):
+        """(M, F, P, Dv) -> query outputs (M, Nq, H) of the Q-Former without text (LAVIS's BLIP-2)."""
+        num_items, num_frames = frame_features.shape[:2]
+        memory = frame_features.flatten(1, 2) if self.frame_mode == "concat" else frame_features.flatten(0, 1)
+        memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        queries = self.mhub(memory, memory_mask).query_features
+        return queries.reshape(num_items, -1, queries.shape[-1])
+
     def llm_text_embeds(self, texts):
         """LLM embeddings of raw texts (no special tokens): (M, L, D) and mask (M, L) bool."""
         tokens = self.llm_tokenizer(
@@ -273,10 +292,18 @@ class MMICTBlip2(Blip2ICLModel):
         return self.embed_tokens(tokens.input_ids), tokens.attention_mask.bool()
 
     def query_only_outputs(self, image, queries):
-        """M-Hub query outputs (B, Nq, H) of the queries' clips with their questions, no demo."""
-        visible = torch.ones(image.shape[0], dtype=torch.bool, device=self.device)
+        """M-Hub query outputs (B, Nq, H) of the queries' clips, no demo; with their questions when
+        ``query_text_in_qformer``."""
+        visible = torch.full((image.shape[0],), self.query_text_in_qformer, dtype=torch.bool, device=self.device)
         query_out, _, _ = self.run_mhub(self.encode_frames(image), queries, visible)
         return query_out
+
+    def query_texts(self, samples, batch):
+        """The B questions the Q-Former may read (empty strings when the batch has none)."""
+        texts = samples.get("text_input")
+        if texts is None:
+            return [""] * batch
+        return [texts] if isinstance(texts, str) else list(texts)
 
     def encode(self, samples) -> EncodedBatch:
         """One ViT call and one M-Hub call over every query and every real demonstration that the
@@ -286,7 +313,7 @@ class MMICTBlip2(Blip2ICLModel):
             raise ValueError(f"model.num_frames is {self.num_frames} but the batch has {image.shape[1]} frames "
                              "per clip; make the dataset's num_frames match (or set model.num_frames: null)")
         batch = image.shape[0]
-        queries = list(samples["text_input"]) if not isinstance(samples["text_input"], str) else [samples["text_input"]]
+        queries = self.query_texts(samples, batch)
         demos = self.real_demos(samples)
         if demos is None:
             return EncodedBatch(self.llm_proj(self.query_only_outputs(image, queries)))
@@ -301,6 +328,7 @@ class MMICTBlip2(Blip2ICLModel):
             frames = self.encode_frames(torch.cat([image, demos.clips(image.device)]), cache_keys)
             # vanilla ICT demos go through the Q-Former without text (plain BLIP-2 visual tokens).
             visible = torch.ones(frames.shape[0], dtype=torch.bool, device=self.device)
+            visible[:batch] = self.query_text_in_qformer
             visible[batch:] = self.demo_format == "mmict"
             qformer_texts = queries + (demos.texts if self.demo_format == "mmict" else [""] * len(demos.texts))
             query_out, text_out, text_mask = self.run_mhub(frames, qformer_texts, visible)
