@@ -43,3 +43,19 @@ def build_lavis_blip2(lavis_cls, model_type, tmp_path, monkeypatch, prompt="", s
         for param in lavis_model.parameters():
             param.add_(torch.randn_like(param) * 0.01)
     return lavis_model
+
+
+def stage1_standin(tmp_path, model_type="tiny", seed=321):
+    """A stand-in for LAVIS's stage-1 ``blip2_pretrained.pth``: a whole Q-Former (text branch
+    included) under LAVIS's names, its word table one row longer (stage 1 adds [DEC]), plus a
+    stage-1-only key. Returns (path, its state dict)."""
+    cfg = tiny_cfg(model_type)
+    torch.manual_seed(seed)
+    qformer, query_tokens, _ = backbones.build_qformer(cfg, backbones.VISION_PRESETS[cfg.vit_model]["embed_dim"])
+    state = {f"Qformer.{k}": v for k, v in qformer.state_dict().items()}
+    table = state["Qformer.bert.embeddings.word_embeddings.weight"]
+    state["Qformer.bert.embeddings.word_embeddings.weight"] = torch.cat([table, torch.randn(1, table.shape[1])])
+    state.update({"query_tokens": query_tokens.detach(), "vision_proj.weight": torch.randn(4, 4)})
+    path = tmp_path / "blip2_pretrained_standin.pth"
+    torch.save({"model": state}, path)
+    return str(path), state

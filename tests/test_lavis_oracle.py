@@ -17,7 +17,7 @@ from lavis_mmict.models.aim_opt import AIMOpt
 from lavis_mmict.models.mmict_blip2 import MMICTBlip2
 
 from _aim_model import tiny_cfg as aim_tiny_cfg
-from _lavis_blip2 import build_lavis_blip2, tiny_cfg
+from _lavis_blip2 import build_lavis_blip2, stage1_standin, tiny_cfg
 
 CAPTION_PROMPT = "a photo of"
 VQA_PROMPT = "Question: {} Short answer:"
@@ -51,20 +51,10 @@ def saved_state(lavis_model, tmp_path):
     return str(path)
 
 
-def text_init_standin(lavis_model, tmp_path):
-    """A stand-in for LAVIS's stage-1 checkpoint: a Q-Former with its text branch (random here)."""
-    from lavis_mmict import backbones
-
-    qformer, _, _ = backbones.build_qformer(tiny_cfg("tiny"), lavis_model.visual_encoder.num_features)
-    path = tmp_path / "blip2_pretrained_standin.pth"
-    torch.save({"model": {f"Qformer.{k}": v for k, v in qformer.state_dict().items()}}, path)
-    return str(path)
-
-
 def ours_from(lavis_model, model_type, tmp_path, **overrides):
     cfg = tiny_cfg(model_type, demo_format="none", query_text_in_qformer=False,
                    pretrained=saved_state(lavis_model, tmp_path),
-                   qformer_text_init=text_init_standin(lavis_model, tmp_path), **overrides)
+                   qformer_text_init=stage1_standin(tmp_path, model_type)[0], **overrides)
     torch.manual_seed(0)
     return MMICTBlip2.from_config(cfg).eval()
 

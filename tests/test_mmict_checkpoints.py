@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 
 import lavis_mmict
 from lavis_mmict import backbones
+from lavis_mmict.checkpoints import CheckpointError
 from lavis_mmict.models.mmict_blip2 import SEPARATOR_TOKEN, MMICTBlip2
 
-from _lavis_blip2 import build_lavis_blip2, tiny_cfg
+from _lavis_blip2 import build_lavis_blip2, stage1_standin, tiny_cfg
 
 REAL_TYPES = ["pretrain_opt2.7b", "pretrain_opt6.7b", "pretrain_flant5xl", "pretrain_flant5xxl"]
 FINETUNED_TYPES = [t.replace("pretrain_", "finetuned_") for t in REAL_TYPES]
@@ -37,7 +38,10 @@ def test_lavis_blip2_checkpoint_maps_every_key(lavis_cls, model_type, prefix, tr
 
     torch.manual_seed(0)
     ours = MMICTBlip2.from_config(tiny_cfg(model_type, train_separator=train_separator))
-    separator_row_before = ours.llm_model.get_input_embeddings().weight[ours.separator_id].clone()
+    # stage 2 lacks the Q-Former's text branch: without its stage-1 source, loading is refused
+    with pytest.raises(CheckpointError, match=r"blip2\.pth.*mhub\.Qformer\.bert\.embeddings.*qformer_text_init"):
+        ours.load_lavis_checkpoint(str(path))
+    ours.load_qformer_text_init(stage1_standin(tmp_path, model_type)[0])
     result = ours.load_lavis_checkpoint(str(path))
 
     assert result.unexpected_keys == []
@@ -66,7 +70,7 @@ def test_lavis_blip2_checkpoint_maps_every_key(lavis_cls, model_type, prefix, tr
              "demo_image": torch.randn(1, 1, 2, 3, 32, 32), "demo_text": [["Question: a? Short answer: b"]],
              "demo_mask": torch.tensor([[True]])}
     assert torch.isfinite(ours(batch)["loss"])
-    again = MMICTBlip2.from_config(tiny_cfg(model_type))
+    again = MMICTBlip2.from_config(tiny_cfg(model_type, qformer_text_init=stage1_standin(tmp_path, model_type)[0]))
     assert again.load_checkpoint(str(path)).unexpected_keys == []
 
 

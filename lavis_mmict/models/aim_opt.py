@@ -209,12 +209,17 @@ class AIMOpt(Blip2ICLModel):
 
     def load_base_checkpoint(self, url_or_path, config_key="pretrained"):
         """Load the base's weights from a LAVIS BLIP-2 OPT checkpoint (or one of our runner
-        checkpoints, e.g. a base trained with freeze_* off); non-strict, AIM's own parameters skipped.
+        checkpoints, e.g. a base trained with freeze_* off), strictly (models/blip2_checkpoint.py):
+        AIM's own parameters are skipped, the frozen ViT and OPT may come from their own weights,
+        anything else the file lacks, has extra or shapes otherwise is a CheckpointError.
 
         Returns the set of keys loaded. LAVIS's parameter names are this model's names.
         """
         return load_same_names(self, url_or_path, "BLIP-2 OPT checkpoint", config_key,
-                               skip=self.aim_parameter_names())
+                               skip=self.aim_parameter_names(), sources={
+                                   "the vision encoder's own weights": lambda key: key.startswith("visual_encoder."),
+                                   "the LLM's own weights": lambda key: key.startswith("opt_model."),
+                               })
 
     # ---------------------------------------------------------------- frozen parts
     def base_modules(self):

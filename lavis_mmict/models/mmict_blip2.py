@@ -27,7 +27,9 @@ from lavis_mmict import backbones
 from lavis_mmict.models.base import (
     LLM_FAMILIES, SEPARATOR_TOKEN, Blip2ICLModel, EncodedBatch, check_choice, query_clips,
 )
-from lavis_mmict.models.blip2_checkpoint import fit_vocabulary_rows, map_lavis_keys, read_state_dict
+from lavis_mmict.models.blip2_checkpoint import (
+    check_coverage, fit_vocabulary_rows, map_lavis_keys, read_qformer_text_branch, read_state_dict,
+)
 from lavis_mmict.models.feature_cache import DemoFeatureCache, cache_from_config
 from lavis_mmict.models.mhub import MultiModalHub
 
@@ -102,6 +104,7 @@ class MMICTBlip2(Blip2ICLModel):
         if query_text_in_qformer is None:
             query_text_in_qformer = QUERY_TEXT_IN_QFORMER_DEFAULT[self.demo_format]
         self.query_text_in_qformer = bool(query_text_in_qformer)
+        self.text_init_keys = set()  # keys loaded from model.qformer_text_init (strict loading's source)
         # Frozen ViT outputs of demo clips, reused across steps (models/feature_cache.py).
         self.demo_feature_cache = demo_feature_cache or DemoFeatureCache("none")
         if self.demo_feature_cache.enabled and not freeze_vit:
@@ -173,25 +176,44 @@ class MMICTBlip2(Blip2ICLModel):
             demo_feature_cache=cache_from_config(cfg),
             query_text_in_qformer=cfg.get("query_text_in_qformer", None),
         )
+        # stage 1 (the Q-Former's text branch) first: the stage-2 checkpoint lacks it
+        if cfg.get("qformer_text_init", None):
+            model.load_qformer_text_init(cfg.qformer_text_init)
         if cfg.get("pretrained", None):
             model.load_lavis_checkpoint(cfg.pretrained, config_key="pretrained")
         if cfg.get("load_finetuned", False):
             model.load_trainable_checkpoint(cfg.finetuned)
         return model
 
-    def load_lavis_checkpoint(self, url_or_path, config_key="pretrained"):
-        """Load a LAVIS BLIP-2 (``blip2_opt``/``blip2_t5``) or full ``mmict_blip2`` checkpoint.
+    def load_qformer_text_init(self, url_or_path):
+        """Load the M-Hub's text branch (word/position embeddings, every layer's text FFN) from LAVIS's
+        stage-1 checkpoint ``blip2_pretrained.pth`` (``model.qformer_text_init``)."""
+        path, text_branch = read_qformer_text_branch(url_or_path, "mhub.Qformer.", self.state_dict())
+        self.load_state_dict(text_branch, strict=False)
+        self.text_init_keys = set(text_branch)
+        logging.info("loaded the Q-Former text branch (%d tensors) from %s", len(text_branch), path)
 
-        Keys are mapped to ours and vocabulary tables fitted (the separator row stays ours); what
-        the checkpoint lacks (M-Hub's text embeddings and text FFN, which BLIP-2 drops) keeps its
-        built value (bert-base-uncased for real types). Returns torch's (missing, unexpected) keys.
+    def load_lavis_checkpoint(self, url_or_path, config_key="pretrained"):
+        """Load a LAVIS BLIP-2 (``blip2_opt``/``blip2_t5``) or full ``mmict_blip2`` checkpoint, strictly.
+
+        Keys are mapped to ours and vocabulary tables fitted (the separator row stays ours). What the
+        checkpoint lacks must come from a named source (models/blip2_checkpoint.py): the frozen ViT's
+        and LLM's own weights, the text branch of ``model.qformer_text_init``, the separator row;
+        anything else is a CheckpointError naming the file and keys. Returns torch's (missing,
+        unexpected) keys.
         """
         path, state_dict = read_state_dict(url_or_path, "BLIP-2 checkpoint", config_key)
-        state_dict = map_lavis_keys(state_dict)
-        state_dict = fit_vocabulary_rows(state_dict, self.state_dict())
+        own = self.state_dict()
+        state_dict = fit_vocabulary_rows(map_lavis_keys(state_dict), own)
+        text_init_keys = self.text_init_keys
+        counts = check_coverage(path, config_key, state_dict, own, {
+            "the vision encoder's own weights": lambda key: key.startswith("visual_encoder."),
+            "the LLM's own weights": lambda key: key.startswith("llm_model."),
+            "model.qformer_text_init": lambda key: key in text_init_keys,
+            "the LLM's separator row": lambda key: key == "separator_embed",
+        })
         result = self.load_state_dict(state_dict, strict=False)
-        logging.info("loaded %s; missing keys: %d; unexpected: %s", path, len(result.missing_keys),
-                     result.unexpected_keys)
+        logging.info("loaded %s; parameters by source: %s", path, counts)
         return result
 
     # LAVIS names: `load_model(..., checkpoint=)` calls load_checkpoint, configs call load_from_pretrained.
