@@ -237,7 +237,8 @@ def evaluate_shot_sweep(args):
             for split_name, metrics in test_logs.items():
                 rows.append({"label": demo_format, "demo_format": demo_format, "shots": int(shots),
                              "split": split_name, "metrics": metrics, "checkpoint": checkpoint,
-                             "cfg_path": args.cfg_path})
+                             "cfg_path": args.cfg_path,
+                             "query_text_in_qformer": getattr(model, "query_text_in_qformer", None)})
                 record.update({f"{split_name}_{key}": value for key, value in metrics.items()})
             _append_log(output_dir, record)
 

@@ -76,25 +76,37 @@ def _lookup(rows):
     return {(row["label"], row["split"], int(row["shots"])): row["metrics"] for row in rows}
 
 
+def _name_column(rows):
+    """The first column's header and each label's cell: the label, and whether the query's question
+    went through the Q-Former (rows' ``query_text_in_qformer``, mmict_blip2) when the rows say."""
+    flags = {row["label"]: row.get("query_text_in_qformer") for row in rows}
+    if all(flag is None for flag in flags.values()):
+        return "demo_format", {label: label for label in flags}
+    marks = {True: "yes", False: "no", None: "-"}
+    return "demo_format (question in Q-Former)", {label: f"{label} ({marks[flag]})" for label, flag in flags.items()}
+
+
 def shots_table(rows, split, metric=DEFAULT_METRIC):
     """Markdown table for one split: one row per label, one column per K."""
     shots = _shots(rows)
     values = _lookup(rows)
-    lines = ["| demo_format | " + " | ".join(f"K={k}" for k in shots) + " |",
+    header, names = _name_column(rows)
+    lines = [f"| {header} | " + " | ".join(f"K={k}" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
     for label in _labels(rows):
         cells = [_cell(values.get((label, split, k), {}), metric) for k in shots]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {names[label]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _all_metrics_table(rows):
     names = _ordered(name for row in rows for name in row["metrics"])
-    lines = ["| demo_format | split | K | " + " | ".join(names) + " |",
+    header, labels = _name_column(rows)
+    lines = [f"| {header} | split | K | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for row in sorted(rows, key=lambda r: (_labels(rows).index(r["label"]), r["split"], int(r["shots"]))):
         cells = [_cell(row["metrics"], name) for name in names]
-        lines.append(f"| {row['label']} | {row['split']} | {row['shots']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[row['label']]} | {row['split']} | {row['shots']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

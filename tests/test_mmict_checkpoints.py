@@ -17,7 +17,7 @@ from lavis_mmict.models.mmict_blip2 import SEPARATOR_TOKEN, MMICTBlip2
 from _lavis_blip2 import build_lavis_blip2, stage1_standin, tiny_cfg
 
 REAL_TYPES = ["pretrain_opt2.7b", "pretrain_opt6.7b", "pretrain_flant5xl", "pretrain_flant5xxl"]
-FINETUNED_TYPES = [t.replace("pretrain_", "finetuned_") for t in REAL_TYPES]
+FINETUNED_TYPES = [t.replace("pretrain_", "own_finetuned_") for t in REAL_TYPES]
 
 # What MMICT adds to a BLIP-2 model: the Q-Former's text embeddings and text FFN (BLIP-2 deletes
 # them; M-Hub reads text) and, optionally, a trainable separator.
@@ -152,13 +152,16 @@ def test_unreachable_hub_is_treated_like_offline(tmp_path, monkeypatch):
 @pytest.mark.parametrize("model_type", FINETUNED_TYPES)
 def test_finetuned_types_require_a_checkpoint_path(model_type):
     cfg = OmegaConf.load(MMICTBlip2.default_config_path(model_type)).model
-    base = OmegaConf.load(MMICTBlip2.default_config_path(model_type.replace("finetuned_", "pretrain_"))).model
+    base = OmegaConf.load(MMICTBlip2.default_config_path(model_type.replace("own_finetuned_", "pretrain_"))).model
     assert cfg.load_finetuned and not cfg.finetuned
     assert {k: v for k, v in cfg.items() if k not in ("model_type", "load_finetuned", "finetuned")} == \
         {k: v for k, v in base.items() if k not in ("model_type", "load_finetuned", "finetuned")}
     with pytest.raises(ValueError, match="model.finetuned.*checkpoint=") as error:
         MMICTBlip2.from_config(cfg)
-    assert model_type in str(error.value)
+    assert model_type in str(error.value) and "your own fine-tuned checkpoint" in str(error.value)
+    old_name = model_type.replace("own_", "")  # the old names say what they became
+    with pytest.raises(ValueError, match=f"{old_name}.*renamed to.*{model_type}"):
+        MMICTBlip2.default_config_path(old_name)
 
 
 def test_finetuned_type_loads_our_runner_checkpoint(tmp_path):

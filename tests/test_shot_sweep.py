@@ -69,7 +69,8 @@ def test_evaluate_shot_sweep_end_to_end(tmp_path):
            "--demo-formats", "mmict", "none", "--options", *options]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "| demo_format | K=0 | K=2 |" in result.stdout
+    assert "| demo_format (question in Q-Former) | K=0 | K=2 |" in result.stdout
+    assert "| mmict (yes) |" in result.stdout and "| none (no) |" in result.stdout
     assert "eta:" in result.stdout  # progress with ETA
 
     (job_dir,) = glob.glob(str(output_dir / "*"))

@@ -64,13 +64,16 @@ class MMICTBlip2(Blip2ICLModel):
         "pretrain_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_opt6.7b.yaml"),
         "pretrain_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_flant5xl.yaml"),
         "pretrain_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_flant5xxl.yaml"),
-        "finetuned_opt2.7b": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_opt2.7b.yaml"),
-        "finetuned_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_opt6.7b.yaml"),
-        "finetuned_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_flant5xl.yaml"),
-        "finetuned_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_flant5xxl.yaml"),
+        "own_finetuned_opt2.7b": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_opt2.7b.yaml"),
+        "own_finetuned_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_opt6.7b.yaml"),
+        "own_finetuned_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_flant5xl.yaml"),
+        "own_finetuned_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_flant5xxl.yaml"),
     }
     default_model_type = "tiny"
     DEMO_FORMATS = DEMO_FORMATS
+    # own_finetuned_* load YOUR train.py checkpoint (no MMICT weights were released); old names
+    RENAMED_TYPES = {f"finetuned_{size}": f"own_finetuned_{size}"
+                     for size in ("opt2.7b", "opt6.7b", "flant5xl", "flant5xxl")}
 
     def __init__(
         self,
@@ -133,6 +136,9 @@ class MMICTBlip2(Blip2ICLModel):
     @classmethod
     def default_config_path(cls, model_type=None):
         model_type = model_type or cls.default_model_type
+        if model_type in cls.RENAMED_TYPES:
+            raise ValueError(f"model_type {model_type!r} was renamed to {cls.RENAMED_TYPES[model_type]!r}: it "
+                             "loads your own fine-tuned checkpoint (no MMICT weights were released)")
         if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
             raise ValueError(f"Unknown model_type {model_type!r} for mmict_blip2; valid: "
                              f"{list(cls.PRETRAINED_MODEL_CONFIG_DICT)}")
@@ -149,8 +155,9 @@ class MMICTBlip2(Blip2ICLModel):
         frame_mode = check_frame_mode(cfg.get("frame_mode", "concat"))
         if cfg.get("load_finetuned", False) and not cfg.get("finetuned", None):
             raise ValueError(
-                f"model_type {cfg.get('model_type')!r} loads a fine-tuned checkpoint: set model.finetuned to "
-                "a checkpoint written by train.py (e.g. output/<run>/<job_id>/checkpoint_best.pth), "
+                f"model_type {cfg.get('model_type')!r} loads your own fine-tuned checkpoint (no MMICT weights "
+                "were released): set model.finetuned to one your train.py wrote (e.g. "
+                "output/<run>/<job_id>/checkpoint_best.pth), "
                 "or pass checkpoint=... to lavis_mmict.load_model."
             )
         backbones.check_weights_available(cfg)
