@@ -38,29 +38,35 @@ def load_trainable_state_dict(model, state_dict, source="<state_dict>"):
     raises :class:`CheckpointError` naming ``source`` and the keys, and leaves the model untouched.
     """
     model_state = model.state_dict()
-    ckpt_keys = set(state_dict.keys())
-    unexpected = sorted(ckpt_keys - set(model_state))
-    missing_trainable = sorted((_trainable_names(model) & set(model_state)) - ckpt_keys)
-    # same names, other sizes: e.g. a checkpoint of another num_query_token or LLM width
-    mismatched = [
-        f"{key}: checkpoint {_shape(state_dict[key])} vs model {_shape(model_state[key])}"
-        for key in sorted(ckpt_keys & set(model_state))
-        if _shape(state_dict[key]) != _shape(model_state[key])
-    ]
-    if unexpected or missing_trainable or mismatched:
-        problems = []
-        if unexpected:
-            problems.append(f"unexpected keys (not in the model): {short_list(unexpected)}")
-        if missing_trainable:
-            problems.append(f"trainable parameters missing: {short_list(missing_trainable)}")
-        if mismatched:
-            problems.append(f"shape mismatch: {short_list(mismatched)}")
+    missing_trainable = sorted((_trainable_names(model) & set(model_state)) - set(state_dict))
+    problems = misfit_problems(state_dict, model_state, missing_trainable, "trainable parameters missing")
+    if problems:
         raise CheckpointError(
             f"Checkpoint {source} does not fit the model: " + "; ".join(problems)
             + ". Was it written for a different model configuration?"
         )
     model.load_state_dict(state_dict, strict=False)
     return model
+
+
+def misfit_problems(state_dict, model_state, missing, missing_what):
+    """Why ``state_dict`` does not fit a model whose state is ``model_state``: the ``missing`` keys
+    (worded ``missing_what``), keys the model does not have, same names of other sizes (e.g. another
+    num_query_token or LLM width). Returns a list of phrases, empty when it fits."""
+    unexpected = sorted(set(state_dict) - set(model_state))
+    mismatched = [
+        f"{key}: checkpoint {_shape(state_dict[key])} vs model {_shape(model_state[key])}"
+        for key in sorted(set(state_dict) & set(model_state))
+        if _shape(state_dict[key]) != _shape(model_state[key])
+    ]
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected keys (not in the model): {short_list(unexpected)}")
+    if missing:
+        problems.append(f"{missing_what}: {short_list(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {short_list(mismatched)}")
+    return problems
 
 
 def _shape(value):

@@ -17,7 +17,7 @@ import re
 import torch
 
 from lavis_mmict import backbones
-from lavis_mmict.checkpoints import CheckpointError, short_list, load_torch_file
+from lavis_mmict.checkpoints import CheckpointError, load_torch_file, misfit_problems, short_list
 
 # LAVIS BLIP-2 checkpoint key prefixes -> ours (one model class serves OPT and T5).
 LAVIS_KEY_PREFIXES = {
@@ -86,10 +86,7 @@ def check_coverage(path, config_key, state_dict, own_state, sources):
 
     Returns {source name: number of keys it accounts for} (logged by the callers).
     """
-    unexpected = sorted(set(state_dict) - set(own_state))
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own_state[k].shape)}"
-                  for k, v in sorted(state_dict.items()) if k in own_state and v.shape != own_state[k].shape]
-    counts = {"checkpoint": len(state_dict) - len(unexpected)}
+    counts = {"checkpoint": len(set(state_dict) & set(own_state))}
     unaccounted = []
     for key in sorted(set(own_state) - set(state_dict)):
         source = next((name for name, covers in sources.items() if covers(key)), None)
@@ -97,13 +94,7 @@ def check_coverage(path, config_key, state_dict, own_state, sources):
             unaccounted.append(key)
         else:
             counts[source] = counts.get(source, 0) + 1
-    problems = []
-    if unaccounted:
-        problems.append(f"parameters it lacks and nothing else provides: {short_list(unaccounted)}")
-    if unexpected:
-        problems.append(f"keys the model does not have: {short_list(unexpected)}")
-    if mismatched:
-        problems.append(f"shapes that differ: {short_list(mismatched)}")
+    problems = misfit_problems(state_dict, own_state, unaccounted, "parameters it lacks and nothing else provides")
     if problems:
         hint = ""
         if any(QFORMER_TEXT_BRANCH.fullmatch(k.split("Qformer.", 1)[-1]) for k in unaccounted):
