@@ -65,3 +65,20 @@ def test_shot_sweep_tables_show_it():
     table = shots_table(rows, "test")
     assert table.splitlines()[0] == "| demo_format (question in Q-Former) | K=0 |"
     assert [line.split(" | ")[0] for line in table.splitlines()[2:]] == ["| mmict (yes)", "| none (no)"]
+
+
+def test_the_text_branch_trains_only_when_something_reads_text():
+    """Plain BLIP-2 (none / vanilla_ict without the question) has no text branch to train: frozen, so
+    DDP finds no trainable parameter without a gradient."""
+    def text_branch_trainable(model):
+        return {p.requires_grad for n, p in model.mhub.Qformer.named_parameters() if "intermediate.dense" in n
+                and "query" not in n} | {model.mhub.Qformer.bert.embeddings.word_embeddings.weight.requires_grad}
+
+    assert text_branch_trainable(build(demo_format="none")) == {False}
+    assert text_branch_trainable(build(demo_format="vanilla_ict")) == {False}
+    assert text_branch_trainable(build(demo_format="none", query_text_in_qformer=True)) == {True}
+    assert text_branch_trainable(build(demo_format="mmict", query_text_in_qformer=False)) == {True}
+    model = build(demo_format="none")
+    model.train()
+    model(mmict_batch())["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -28,7 +28,7 @@ from lavis_mmict.models.base import (
     LLM_FAMILIES, SEPARATOR_TOKEN, Blip2ICLModel, EncodedBatch, check_choice, query_clips,
 )
 from lavis_mmict.models.blip2_checkpoint import (
-    check_coverage, fit_vocabulary_rows, map_lavis_keys, read_qformer_text_branch, read_state_dict,
+    QFORMER_TEXT_BRANCH, check_coverage, fit_vocabulary_rows, map_lavis_keys, read_qformer_text_branch, read_state_dict,
 )
 from lavis_mmict.models.feature_cache import DemoFeatureCache, cache_from_config
 from lavis_mmict.models.mhub import MultiModalHub
@@ -108,6 +108,12 @@ class MMICTBlip2(Blip2ICLModel):
             query_text_in_qformer = QUERY_TEXT_IN_QFORMER_DEFAULT[self.demo_format]
         self.query_text_in_qformer = bool(query_text_in_qformer)
         self.text_init_keys = set()  # keys loaded from model.qformer_text_init (strict loading's source)
+        if not (self.query_text_in_qformer or self.demo_format == "mmict"):
+            # nothing reads text in the Q-Former (plain BLIP-2, whose stage 2 has no text branch):
+            # frozen, so that DDP sees no trainable parameter without a gradient
+            for name, param in mhub.Qformer.named_parameters():
+                if QFORMER_TEXT_BRANCH.fullmatch(name):
+                    param.requires_grad = False
         # Frozen ViT outputs of demo clips, reused across steps (models/feature_cache.py).
         self.demo_feature_cache = demo_feature_cache or DemoFeatureCache("none")
         if self.demo_feature_cache.enabled and not freeze_vit:
