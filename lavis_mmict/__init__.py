@@ -19,7 +19,7 @@ def load_model(name, model_type=None, is_eval=False, device="cpu", checkpoint=No
 
     ``model_type`` defaults to the model's ``default_model_type`` (``tiny`` for our models, the only
     type that needs no downloaded weights). ``checkpoint`` is a path to a checkpoint written by our
-    runners (trainable parameters only) loaded on top of the type's weights; for ``finetuned_*``
+    runners (trainable parameters only) loaded on top of the type's weights; for ``own_finetuned_*``
     types it is the checkpoint they require (their ``model.finetuned``).
     """
     from lavis.common.registry import registry

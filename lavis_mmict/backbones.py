@@ -201,6 +201,9 @@ def missing_weights(cfg):
     llm_tokenizer = ("tokenizer.json", "vocab.json", "spiece.model")
     problems.append(_missing_hf_model(cfg, llm, cfg.get("llm_init", "pretrained") == "pretrained",
                                       llm_tokenizer, "LLM", "llm_model"))
+    if cfg.get("qformer_text_init", None):
+        problems.append(_missing_url_or_file(cfg.qformer_text_init, "Q-Former text branch (LAVIS's stage-1 "
+                                             "blip2_pretrained.pth)", "qformer_text_init"))
     if cfg.get("pretrained", None):
         problems.append(_missing_url_or_file(cfg.pretrained, "BLIP-2 checkpoint", "pretrained"))
     if cfg.get("load_finetuned", False) and cfg.get("finetuned", None):

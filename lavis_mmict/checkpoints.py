@@ -38,23 +38,9 @@ def load_trainable_state_dict(model, state_dict, source="<state_dict>"):
     raises :class:`CheckpointError` naming ``source`` and the keys, and leaves the model untouched.
     """
     model_state = model.state_dict()
-    ckpt_keys = set(state_dict.keys())
-    unexpected = sorted(ckpt_keys - set(model_state))
-    missing_trainable = sorted((_trainable_names(model) & set(model_state)) - ckpt_keys)
-    # same names, other sizes: e.g. a checkpoint of another num_query_token or LLM width
-    mismatched = [
-        f"{key}: checkpoint {_shape(state_dict[key])} vs model {_shape(model_state[key])}"
-        for key in sorted(ckpt_keys & set(model_state))
-        if _shape(state_dict[key]) != _shape(model_state[key])
-    ]
-    if unexpected or missing_trainable or mismatched:
-        problems = []
-        if unexpected:
-            problems.append(f"unexpected keys (not in the model): {_short_list(unexpected)}")
-        if missing_trainable:
-            problems.append(f"trainable parameters missing: {_short_list(missing_trainable)}")
-        if mismatched:
-            problems.append(f"shape mismatch: {_short_list(mismatched)}")
+    missing_trainable = sorted((_trainable_names(model) & set(model_state)) - set(state_dict))
+    problems = misfit_problems(state_dict, model_state, missing_trainable, "trainable parameters missing")
+    if problems:
         raise CheckpointError(
             f"Checkpoint {source} does not fit the model: " + "; ".join(problems)
             + ". Was it written for a different model configuration?"
@@ -63,13 +49,50 @@ def load_trainable_state_dict(model, state_dict, source="<state_dict>"):
     return model
 
 
+def misfit_problems(state_dict, model_state, missing, missing_what):
+    """Why ``state_dict`` does not fit a model whose state is ``model_state``: the ``missing`` keys
+    (worded ``missing_what``), keys the model does not have, same names of other sizes (e.g. another
+    num_query_token or LLM width). Returns a list of phrases, empty when it fits."""
+    unexpected = sorted(set(state_dict) - set(model_state))
+    mismatched = [
+        f"{key}: checkpoint {_shape(state_dict[key])} vs model {_shape(model_state[key])}"
+        for key in sorted(set(state_dict) & set(model_state))
+        if _shape(state_dict[key]) != _shape(model_state[key])
+    ]
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected keys (not in the model): {short_list(unexpected)}")
+    if missing:
+        problems.append(f"{missing_what}: {short_list(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {short_list(mismatched)}")
+    return problems
+
+
 def _shape(value):
     return tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
 
 
-def _short_list(keys, limit=10):
+def short_list(keys, limit=10):
     shown = ", ".join(keys[:limit])
     return f"[{shown}{', ... (%d more)' % (len(keys) - limit) if len(keys) > limit else ''}]"
+
+
+def load_torch_file(path, map_location="cpu", what="Checkpoint"):
+    """``torch.load(path, weights_only=True)``; a file that is not a torch checkpoint (truncated,
+    a text file, pickled objects) is a :class:`CheckpointError` naming ``path``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Refusing to load {what.lower()} {path}: it holds objects other than tensors and plain "
+            f"containers, which torch.load(weights_only=True) does not execute. ({err})"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        # a truncated or overwritten file (torch's zip reader fails with a RuntimeError), or not a
+        # torch file at all (a text file fails in the legacy reader, e.g. KeyError: 101)
+        raise CheckpointError(f"{what} {path} is corrupt or not a torch file "
+                              f"({type(err).__name__}: {err})") from err
 
 
 def read_checkpoint(url_or_filename, map_location="cpu"):
@@ -80,16 +103,7 @@ def read_checkpoint(url_or_filename, map_location="cpu"):
         path = url_or_filename
     else:
         raise FileNotFoundError(f"Checkpoint not found: {url_or_filename}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"Refusing to load checkpoint {path}: it holds objects other than tensors and plain "
-            f"containers, which torch.load(weights_only=True) does not execute. ({err})"
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        # a truncated or overwritten file (torch's zip reader fails with a RuntimeError)
-        raise CheckpointError(f"Checkpoint {path} is corrupt or not a torch file: {err}") from err
+    checkpoint = load_torch_file(path, map_location)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"{path} is not a runner checkpoint (no 'model' entry).")
     return checkpoint

@@ -254,7 +254,7 @@ def _sweep_datasets(task, cfg, shots, test_splits):
     return {name: {s: d for s, d in splits.items() if s in test_splits} for name, splits in datasets.items()}
 
 
-def _sweep_rows(test_logs, demo_format, shots, checkpoint, cfg_path):
+def _sweep_rows(test_logs, demo_format, shots, checkpoint, cfg_path, query_text_in_qformer=None):
     """Report rows of one (demo format, K) evaluation; the transductive label leaves the metrics."""
     rows = []
     for split_name, metrics in test_logs.items():
@@ -262,7 +262,8 @@ def _sweep_rows(test_logs, demo_format, shots, checkpoint, cfg_path):
         transductive = bool(metrics.pop("transductive", False))
         rows.append({"label": demo_format, "demo_format": demo_format, "shots": int(shots),
                      "split": split_name, "metrics": metrics, "checkpoint": checkpoint,
-                     "cfg_path": cfg_path, "transductive": transductive})
+                     "cfg_path": cfg_path, "transductive": transductive,
+                     "query_text_in_qformer": query_text_in_qformer})
     return rows
 
 
@@ -311,7 +312,8 @@ def evaluate_shot_sweep(args):
             for split_name, metrics in test_logs.items():
                 record.update({f"{split_name}_{key}": value for key, value in metrics.items()})
             _append_log(output_dir, record)
-            rows += _sweep_rows(test_logs, demo_format, shots, checkpoint, args.cfg_path)
+            rows += _sweep_rows(test_logs, demo_format, shots, checkpoint, args.cfg_path,
+                                getattr(model, "query_text_in_qformer", None))
             write_sweep_report(rows, str(output_dir), metric=args.metric, title=title, complete=False)
 
     if is_main_process():

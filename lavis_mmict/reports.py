@@ -89,17 +89,28 @@ def _label_cell(label, transductive):
     return f"{label} (transductive)" if transductive else label
 
 
+def _name_column(rows):
+    """The first column's header and each label's cell: the label, and whether the query's question
+    went through the Q-Former (rows' ``query_text_in_qformer``, mmict_blip2) when the rows say."""
+    flags = {row["label"]: row.get("query_text_in_qformer") for row in rows}
+    if all(flag is None for flag in flags.values()):
+        return "demo_format", {label: label for label in flags}
+    marks = {True: "yes", False: "no", None: "-"}
+    return "demo_format (question in Q-Former)", {label: f"{label} ({marks[flag]})" for label, flag in flags.items()}
+
+
 def shots_table(rows, split, metric=DEFAULT_METRIC):
     """Markdown table for one split: one row per label, one column per K (and the transductive
     note when some label's demonstrations came from the split itself)."""
     shots = _shots(rows)
     values = _lookup(rows)
-    lines = ["| demo_format | " + " | ".join(f"K={k}" for k in shots) + " |",
+    header, names = _name_column(rows)
+    lines = [f"| {header} | " + " | ".join(f"K={k}" for k in shots) + " |",
              "|---|" + "---|" * len(shots)]
     transductive = {row["label"] for row in rows if row["split"] == split and row.get("transductive")}
     for label in _labels(rows):
         cells = [_cell(values.get((label, split, k), {}), metric) for k in shots]
-        lines.append(f"| {_label_cell(label, label in transductive)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label_cell(names[label], label in transductive)} | " + " | ".join(cells) + " |")
     if transductive:
         lines += ["", TRANSDUCTIVE_NOTE]
     return "\n".join(lines)
@@ -107,11 +118,12 @@ def shots_table(rows, split, metric=DEFAULT_METRIC):
 
 def _all_metrics_table(rows):
     names = _ordered(name for row in rows for name in row["metrics"])
-    lines = ["| demo_format | split | K | " + " | ".join(names) + " |",
+    header, labels = _name_column(rows)
+    lines = [f"| {header} | split | K | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for row in sorted(rows, key=lambda r: (_labels(rows).index(r["label"]), r["split"], int(r["shots"]))):
         cells = [_cell(row["metrics"], name) for name in names]
-        label = _label_cell(row["label"], row.get("transductive"))
+        label = _label_cell(labels[row["label"]], row.get("transductive"))
         lines.append(f"| {label} | {row['split']} | {row['shots']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

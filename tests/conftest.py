@@ -6,6 +6,7 @@ shared helpers from these modules, never from each other:
     _batches.py        tiny in-context batches (``make_batch`` and the models' presets)
     _llm_spy.py        what a model's LLM received (forward inputs, generate calls)
     _aim_model.py      the tiny aim_opt model, built with config overrides
+    _lavis_blip2.py    LAVIS's own Blip2OPT / Blip2T5 at tiny sizes offline (the oracle), a stage-1 stand-in
     _jobs.py           a toy training job in-process (config, runner) and its log.txt records
     _subprocesses.py   train.py / evaluate.py / torchrun in a child process, no-network guard log
     _dataset_files.py  small data sets in each annotation format, with real media files

@@ -1,7 +1,6 @@
 """LAVIS BLIP-2 checkpoints load into mmict_blip2 with every key mapped; real model types resolve
 their configs and fail at once, naming what is missing, when their weights are not on disk."""
 import re
-import shutil
 import time
 
 import pytest
@@ -12,10 +11,13 @@ from omegaconf import OmegaConf
 
 import lavis_mmict
 from lavis_mmict import backbones
+from lavis_mmict.checkpoints import CheckpointError
 from lavis_mmict.models.mmict_blip2 import SEPARATOR_TOKEN, MMICTBlip2
 
+from _lavis_blip2 import build_lavis_blip2, stage1_standin, tiny_cfg
+
 REAL_TYPES = ["pretrain_opt2.7b", "pretrain_opt6.7b", "pretrain_flant5xl", "pretrain_flant5xxl"]
-FINETUNED_TYPES = [t.replace("pretrain_", "finetuned_") for t in REAL_TYPES]
+FINETUNED_TYPES = [t.replace("pretrain_", "own_finetuned_") for t in REAL_TYPES]
 
 # What MMICT adds to a BLIP-2 model: the Q-Former's text embeddings and text FFN (BLIP-2 deletes
 # them; M-Hub reads text) and, optionally, a trainable separator.
@@ -24,37 +26,6 @@ MMICT_ONLY = re.compile(
     r"|mhub\.Qformer\.bert\.encoder\.layer\.\d+\.(intermediate\.dense|output\.dense|output\.LayerNorm)\.(weight|bias)"
     r"|separator_embed"
 )
-
-
-def tiny_cfg(model_type, **overrides):
-    return OmegaConf.merge(OmegaConf.load(MMICTBlip2.default_config_path(model_type)).model, overrides)
-
-
-def build_lavis_blip2(lavis_cls, model_type, tmp_path, monkeypatch):
-    """LAVIS's own Blip2OPT / Blip2T5 with our tiny offline parts in place of the hub downloads."""
-    cfg = tiny_cfg(model_type)
-    torch.manual_seed(123)
-    llm, tokenizer, _ = backbones.build_llm(cfg)  # a random tiny LLM saved as a "pretrained" folder
-    llm_dir = tmp_path / f"{model_type}_llm"
-    shutil.copytree(backbones.resolve_asset_path(cfg.llm_model), llm_dir)
-    llm.save_pretrained(llm_dir)
-
-    def init_vision_encoder(model_name, img_size, drop_path_rate, use_grad_checkpoint, precision):
-        return backbones.build_vision_encoder(cfg)
-
-    def init_qformer(num_query_token, vision_width, cross_attention_freq=2):
-        qformer, query_tokens, _ = backbones.build_qformer(cfg, vision_width)
-        return qformer, query_tokens
-
-    monkeypatch.setattr(lavis_cls, "init_tokenizer", classmethod(lambda c: backbones.build_qformer(cfg, 48)[2]))
-    monkeypatch.setattr(lavis_cls, "init_vision_encoder", classmethod(lambda c, *a: init_vision_encoder(*a)))
-    monkeypatch.setattr(lavis_cls, "init_Qformer", classmethod(lambda c, *a, **k: init_qformer(*a, **k)))
-    llm_kwarg = {"opt_model": str(llm_dir)} if lavis_cls is Blip2OPT else {"t5_model": str(llm_dir)}
-    lavis_model = lavis_cls(img_size=32, num_query_token=cfg.num_query_token, **llm_kwarg)
-    with torch.no_grad():  # make every trained part differ from a fresh init
-        for param in lavis_model.parameters():
-            param.add_(torch.randn_like(param) * 0.01)
-    return lavis_model
 
 
 @pytest.mark.parametrize("lavis_cls,model_type,prefix", [(Blip2OPT, "tiny", "opt_"), (Blip2T5, "tiny_t5", "t5_")])
@@ -67,7 +38,10 @@ def test_lavis_blip2_checkpoint_maps_every_key(lavis_cls, model_type, prefix, tr
 
     torch.manual_seed(0)
     ours = MMICTBlip2.from_config(tiny_cfg(model_type, train_separator=train_separator))
-    separator_row_before = ours.llm_model.get_input_embeddings().weight[ours.separator_id].clone()
+    # stage 2 lacks the Q-Former's text branch: without its stage-1 source, loading is refused
+    with pytest.raises(CheckpointError, match=r"blip2\.pth.*mhub\.Qformer\.bert\.embeddings.*qformer_text_init"):
+        ours.load_lavis_checkpoint(str(path))
+    ours.load_qformer_text_init(stage1_standin(tmp_path, model_type)[0])
     result = ours.load_lavis_checkpoint(str(path))
 
     assert result.unexpected_keys == []
@@ -84,13 +58,11 @@ def test_lavis_blip2_checkpoint_maps_every_key(lavis_cls, model_type, prefix, tr
         rows = min(value.shape[0], own[mapped].shape[0]) if value.dim() else None
         assert torch.equal(own[mapped][:rows].float(), value[:rows].float()), key
 
+    # the separator takes a spare row of the checkpoint's table (OPT: 50272 rows for 50265 tokens,
+    # FlanT5: 32128 for 32100, the tiny ones likewise); nothing resized, its row stays ours
     embeddings = ours.llm_model.get_input_embeddings().weight
-    if model_type == "tiny":  # OPT: the separator is a row added after the checkpoint's vocabulary
-        assert embeddings.shape[0] == lavis_state["opt_model.model.decoder.embed_tokens.weight"].shape[0] + 1
-        assert torch.equal(embeddings[ours.separator_id], separator_row_before)
-    else:  # FlanT5-like: the separator takes a spare row of the checkpoint's table; nothing resized
-        assert embeddings.shape == lavis_state["t5_model.shared.weight"].shape
-        assert ours.separator_id < embeddings.shape[0]
+    table = lavis_state[f"{prefix}model.{'model.decoder.embed_tokens' if prefix == 'opt_' else 'shared'}.weight"]
+    assert embeddings.shape == table.shape and ours.separator_id < embeddings.shape[0]
 
     # the loaded model runs, and LAVIS's load_model(checkpoint=...) path maps the same way
     ours.eval()
@@ -98,7 +70,7 @@ def test_lavis_blip2_checkpoint_maps_every_key(lavis_cls, model_type, prefix, tr
              "demo_image": torch.randn(1, 1, 2, 3, 32, 32), "demo_text": [["Question: a? Short answer: b"]],
              "demo_mask": torch.tensor([[True]])}
     assert torch.isfinite(ours(batch)["loss"])
-    again = MMICTBlip2.from_config(tiny_cfg(model_type))
+    again = MMICTBlip2.from_config(tiny_cfg(model_type, qformer_text_init=stage1_standin(tmp_path, model_type)[0]))
     assert again.load_checkpoint(str(path)).unexpected_keys == []
 
 
@@ -180,13 +152,16 @@ def test_unreachable_hub_is_treated_like_offline(tmp_path, monkeypatch):
 @pytest.mark.parametrize("model_type", FINETUNED_TYPES)
 def test_finetuned_types_require_a_checkpoint_path(model_type):
     cfg = OmegaConf.load(MMICTBlip2.default_config_path(model_type)).model
-    base = OmegaConf.load(MMICTBlip2.default_config_path(model_type.replace("finetuned_", "pretrain_"))).model
+    base = OmegaConf.load(MMICTBlip2.default_config_path(model_type.replace("own_finetuned_", "pretrain_"))).model
     assert cfg.load_finetuned and not cfg.finetuned
     assert {k: v for k, v in cfg.items() if k not in ("model_type", "load_finetuned", "finetuned")} == \
         {k: v for k, v in base.items() if k not in ("model_type", "load_finetuned", "finetuned")}
     with pytest.raises(ValueError, match="model.finetuned.*checkpoint=") as error:
         MMICTBlip2.from_config(cfg)
-    assert model_type in str(error.value)
+    assert model_type in str(error.value) and "your own fine-tuned checkpoint" in str(error.value)
+    old_name = model_type.replace("own_", "")  # the old names say what they became
+    with pytest.raises(ValueError, match=f"{old_name}.*renamed to.*{model_type}"):
+        MMICTBlip2.default_config_path(old_name)
 
 
 def test_finetuned_type_loads_our_runner_checkpoint(tmp_path):

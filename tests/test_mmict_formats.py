@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 import lavis_mmict
 from _batches import B, F, K, SIZE, mmict_batch as make_batch
 from _llm_spy import llm_inputs
-from lavis_mmict.models.mmict_blip2 import DEMO_FORMATS, MMICTBlip2
+from lavis_mmict.models.mmict_blip2 import DEMO_FORMATS, QUERY_TEXT_IN_QFORMER_DEFAULT, MMICTBlip2
 from lavis_mmict.models.sequence import IGNORE_INDEX
 
 
@@ -24,14 +24,15 @@ def model(request):
 @pytest.fixture
 def configured(model):
     """Set demo_format / frame_mode on the shared model for one test, then restore them."""
-    saved = model.demo_format, model.frame_mode
+    saved = model.demo_format, model.frame_mode, model.query_text_in_qformer
 
     def configure(demo_format, frame_mode="concat"):
         model.demo_format, model.frame_mode = demo_format, frame_mode
+        model.query_text_in_qformer = QUERY_TEXT_IN_QFORMER_DEFAULT[demo_format]
         return model
 
     yield configure
-    model.demo_format, model.frame_mode = saved
+    model.demo_format, model.frame_mode, model.query_text_in_qformer = saved
 
 
 def hub_pass(model, frames, text):
@@ -79,7 +80,8 @@ def expected_input(model, batch, i):
         else:
             add(llm_embed(model, text, add_special_tokens=False)[0], "demo_text")
         add(separator, "separator")
-    query_visual, _ = hub_pass(model, batch["image"][i], batch["text_input"][i])
+    question = batch["text_input"][i] if model.query_text_in_qformer else None
+    query_visual, _ = hub_pass(model, batch["image"][i], question)
     add(model.llm_proj(query_visual), "query_visual")
     add(llm_embed(model, model.format_prompts({"text_input": [batch["text_input"][i]]})[0])[0], "prompt")
     return torch.cat(pieces), kinds
@@ -88,7 +90,8 @@ def expected_input(model, batch, i):
 def target_ids(model, answer):
     if model.family.encoder_decoder:
         return model.llm_tokenizer(answer).input_ids  # ends with </s>
-    return model.llm_tokenizer(answer + "\n", add_special_tokens=False).input_ids
+    # after the (non-empty) prompt, as LAVIS's Blip2OPT tokenizes "<prompt> <answer>\n"
+    return model.llm_tokenizer(" " + answer + "\n", add_special_tokens=False).input_ids
 
 
 # per_frame changes how clips go through the M-Hub: formats that send demo frames there, and the

@@ -108,7 +108,7 @@ def test_load_model_default_type_and_lavis_entry_points():
     assert txt_processors["eval"]("What IS it?") == "what is it?"
     listed = model_zoo.model_zoo["mmict_blip2"]
     assert {"tiny", "tiny_t5", "pretrain_opt2.7b", "pretrain_opt6.7b", "pretrain_flant5xl",
-            "pretrain_flant5xxl", "finetuned_opt2.7b", "finetuned_flant5xl"} <= set(listed)
+            "pretrain_flant5xxl", "own_finetuned_opt2.7b", "own_finetuned_flant5xl"} <= set(listed)
     assert "mmict_blip2" in str(model_zoo)
     with pytest.raises(ValueError, match="Unknown model_type 'huge'.*tiny_t5"):
         lavis_mmict.load_model("mmict_blip2", "huge")
@@ -117,7 +117,7 @@ def test_load_model_default_type_and_lavis_entry_points():
 
 
 def test_load_model_checkpoint_fills_a_finetuned_type(tmp_path, monkeypatch):
-    """lavis_mmict.load_model(name, 'finetuned_*', checkpoint=...) sets the type's model.finetuned."""
+    """lavis_mmict.load_model(name, 'own_finetuned_*', checkpoint=...) sets the type's model.finetuned."""
     from lavis_mmict.checkpoints import atomic_torch_save, trainable_state_dict
 
     trained = lavis_mmict.load_model("mmict_blip2", "tiny_t5")
@@ -125,7 +125,7 @@ def test_load_model_checkpoint_fills_a_finetuned_type(tmp_path, monkeypatch):
         trained.llm_proj.bias.add_(1.0)
     path = tmp_path / "checkpoint_best.pth"
     atomic_torch_save({"model": trainable_state_dict(trained), "epoch": 0}, path)
-    # a finetuned type on top of tiny_t5, standing in for finetuned_flant5xl (no real weights here)
+    # a finetuned type on top of tiny_t5, standing in for own_finetuned_flant5xl (no real weights here)
     import yaml
 
     cfg = yaml.safe_load(open(MMICTBlip2.default_config_path("tiny_t5")))

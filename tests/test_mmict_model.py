@@ -35,7 +35,7 @@ def test_sequence_lengths_hold_exactly_real_demo_tokens(model):
         demo_tokens = sum(count_tokens(model.qformer_tokenizer, demo_texts))  # text positions incl. [CLS]/[SEP]
         separators = len(demo_texts)
         prompt = count_tokens(model.llm_tokenizer, model.format_prompts({"text_input": [batch["text_input"][i]]}))[0]
-        target = count_tokens(model.llm_tokenizer, [batch["text_output"][i] + "\n"], add_special_tokens=False)[0]
+        target = count_tokens(model.llm_tokenizer, [" " + batch["text_output"][i] + "\n"], add_special_tokens=False)[0]
         assert attended[i] == demo_tokens + separators + n + prompt + target
 
 
@@ -44,7 +44,7 @@ def test_labels_cover_only_target_tokens(model):
     _, call = llm_inputs(model, batch)
     labels = call["labels"]
     for i in range(B):
-        target_ids = model.llm_tokenizer(batch["text_output"][i] + "\n", add_special_tokens=False).input_ids
+        target_ids = model.llm_tokenizer(" " + batch["text_output"][i] + "\n", add_special_tokens=False).input_ids
         assert labels[i][labels[i] != IGNORE_INDEX].tolist() == target_ids
         # targets are the last real positions of each (right-padded) row
         last = int(call["attention_mask"][i].sum())
@@ -117,7 +117,7 @@ def test_demo_format_none_ignores_demonstrations(model):
         loss, call = llm_inputs(model, batch)
         n = model.mhub.num_query_token
         prompt = count_tokens(model.llm_tokenizer, model.format_prompts(batch))
-        target = count_tokens(model.llm_tokenizer, [t + "\n" for t in batch["text_output"]], add_special_tokens=False)
+        target = count_tokens(model.llm_tokenizer, [" " + t + "\n" for t in batch["text_output"]], add_special_tokens=False)
         assert call["attention_mask"].sum(1).tolist() == [n + p + t for p, t in zip(prompt, target)]
         changed = make_batch()
         changed["demo_text"][0][0] = "Question: what color is the shape? Short answer: blue"

@@ -134,8 +134,9 @@ def test_evaluate_shot_sweep_end_to_end(tmp_path):
     result = run_sweep(tmp_path, [0, 2], "datasets.synthetic_videoqa_icl.demonstrations.num_min=2",
                        demo_formats=["mmict", "none"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "| demo_format | K=0 | K=2 |" in result.stdout
-    assert "| mmict (transductive) |" in result.stdout and "(transductive): the demonstrations come" in result.stdout
+    assert "| demo_format (question in Q-Former) | K=0 | K=2 |" in result.stdout
+    assert "| mmict (yes) (transductive) |" in result.stdout and "| none (no)" in result.stdout
+    assert "(transductive): the demonstrations come" in result.stdout
     assert "eta:" in result.stdout  # progress with ETA
 
     (job_dir,) = glob.glob(str(output_dir / "*"))

@@ -78,6 +78,7 @@ class DemonstrationConfig:
     fallback: str = "none"
     encoder: dict = field(default_factory=dict)
     feature_cache: str = DEFAULT_FEATURE_CACHE
+    max_prefix_tokens: Optional[int] = None  # read by the model (ICLEvalTask.build_model): drop far demos to fit
 
     @classmethod
     def from_config(cls, cfg) -> "DemonstrationConfig":

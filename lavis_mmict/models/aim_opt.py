@@ -173,8 +173,8 @@ class AIMOpt(Blip2ICLModel):
             raise ValueError(f"aim_opt needs an OPT LLM; model.llm_model is a {family!r} model")
         separator = cfg.get("separator", SEPARATOR_TOKEN)
         if len(opt_tokenizer(separator, add_special_tokens=False).input_ids) != 1:
-            opt_tokenizer.add_special_tokens({"additional_special_tokens": [separator]})
-            opt_model.resize_token_embeddings(len(opt_tokenizer))
+            # a spare row of the table when it has one (OPT: 50272 rows for 50265 tokens), as mmict_blip2
+            backbones.add_special_tokens(opt_tokenizer, opt_model, [separator])
         model = cls(
             visual_encoder=visual_encoder,
             ln_vision=ln_vision,
@@ -209,12 +209,17 @@ class AIMOpt(Blip2ICLModel):
 
     def load_base_checkpoint(self, url_or_path, config_key="pretrained"):
         """Load the base's weights from a LAVIS BLIP-2 OPT checkpoint (or one of our runner
-        checkpoints, e.g. a base trained with freeze_* off); non-strict, AIM's own parameters skipped.
+        checkpoints, e.g. a base trained with freeze_* off), strictly (models/blip2_checkpoint.py):
+        AIM's own parameters are skipped, the frozen ViT and OPT may come from their own weights,
+        anything else the file lacks, has extra or shapes otherwise is a CheckpointError.
 
         Returns the set of keys loaded. LAVIS's parameter names are this model's names.
         """
         return load_same_names(self, url_or_path, "BLIP-2 OPT checkpoint", config_key,
-                               skip=self.aim_parameter_names())
+                               skip=self.aim_parameter_names(), sources={
+                                   "the vision encoder's own weights": lambda key: key.startswith("visual_encoder."),
+                                   "the LLM's own weights": lambda key: key.startswith("opt_model."),
+                               })
 
     # ---------------------------------------------------------------- frozen parts
     def base_modules(self):

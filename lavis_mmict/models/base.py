@@ -25,10 +25,15 @@ from lavis.models.blip2_models.blip2 import Blip2Base
 
 from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
 from lavis_mmict.errors import ConfigError
-from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, llm_generate, llm_loss
+from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, fit_demos, llm_generate, llm_loss
 
 # The token that closes each demonstration (OpenFlamingo's), one token of the LLM tokenizer.
 SEPARATOR_TOKEN = "<|endofchunk|>"
+
+
+# FlanT5 has relative positions (no hard limit); its documented input length: FlanT5 and BLIP-2's
+# FlanT5 stage were trained on inputs of at most 512 tokens.
+T5_MAX_INPUT_POSITIONS = 512
 
 
 @dataclass(frozen=True)
@@ -39,13 +44,20 @@ class LLMFamily:
     answer_suffix: str  # appended to targets: BLIP-2 OPT answers end with "\n" (its stop token)
     target_special_tokens: bool  # T5 targets end with </s> (the tokenizer adds it)
     autocast_dtype: torch.dtype  # LAVIS: fp16 around OPT, bf16 around FlanT5 (fp16 overflows in T5)
+    position_limit: str  # the LLM input's length limit: a config attribute, or "t5" (documented constant)
+
+    def max_positions(self, llm_config):
+        """(limit, what it is) of the packed LLM input (OPT: prefix + target/new tokens; T5: prefix)."""
+        if self.position_limit == "t5":
+            return T5_MAX_INPUT_POSITIONS, "FlanT5's input length (T5_MAX_INPUT_POSITIONS)"
+        return getattr(llm_config, self.position_limit), f"the LLM's {self.position_limit}"
 
 
 LLM_FAMILIES = {
     "opt": LLMFamily(encoder_decoder=False, answer_suffix="\n", target_special_tokens=False,
-                     autocast_dtype=torch.float16),
+                     autocast_dtype=torch.float16, position_limit="max_position_embeddings"),
     "t5": LLMFamily(encoder_decoder=True, answer_suffix="", target_special_tokens=True,
-                    autocast_dtype=torch.bfloat16),
+                    autocast_dtype=torch.bfloat16, position_limit="t5"),
 }
 
 
@@ -143,6 +155,8 @@ class Blip2ICLModel(Blip2Base):
         self.family = family
         self.prompt = prompt
         self.max_txt_len = max_txt_len
+        # demonstrations.max_prefix_tokens (set by the task from the datasets' config): None = off
+        self.max_prefix_tokens = None
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -231,10 +245,19 @@ class Blip2ICLModel(Blip2Base):
         ids = tokens.input_ids
         return Segment(self.embed_tokens(ids), tokens.attention_mask.bool(), token_ids=ids)
 
-    def target_segment(self, answers):
-        """The answers followed by the family's answer suffix, as labels (pads ignored)."""
+    def target_segment(self, answers, prompts=None):
+        """The answers followed by the family's answer suffix, as labels (pads ignored).
+
+        Decoder-only (OPT): BLIP-2 tokenizes prompt and answer as one text, ``"<prompt> <answer>\n"``,
+        so after a non-empty prompt the answer is tokenized with its leading space (GPT-2 BPE:
+        ``" yes"`` is one token, not ``"yes"``), exactly the tokens LAVIS's Blip2OPT trains on.
+        """
+        if prompts is None or self.family.encoder_decoder:
+            prompts = [""] * len(answers)
+        texts = [(" " if prompt and not prompt[-1].isspace() and not answer[:1].isspace() else "")
+                 + answer + self.family.answer_suffix for answer, prompt in zip(answers, prompts)]
         tokens = self.llm_tokenizer(
-            [answer + self.family.answer_suffix for answer in answers],
+            texts,
             add_special_tokens=self.family.target_special_tokens,
             padding="longest",
             truncation=True,
@@ -245,21 +268,50 @@ class Blip2ICLModel(Blip2Base):
         labels = tokens.input_ids.masked_fill(~mask, IGNORE_INDEX)
         return Segment(self.embed_tokens(tokens.input_ids), mask, labels=labels, token_ids=tokens.input_ids)
 
-    def prefix_segments(self, samples, prompt=None):
-        """[demos with separators] [query visual tokens] [prompt] for every sample, in the LLM's dtype."""
+    def prefix_segments(self, samples, prompt=None, following=0):
+        """[demos with separators] [query visual tokens] [prompt] for every sample, in the LLM's dtype.
+
+        following: positions the LLM reads after the prefix (OPT: the target's (B,) lengths when
+        training, the new tokens when generating; 0 for T5's encoder). With
+        ``max_prefix_tokens`` the farthest demos (first slots) are dropped to fit; a packed length
+        over the LLM's limit is a ConfigError naming K, the lengths and the limit.
+        """
         with self.encoding_context():
             encoded = self.encode(samples)
-        segments = []
-        if encoded.demo_embeds is not None:
-            segments.append(demo_segment(encoded.demo_embeds, encoded.demo_token_mask, encoded.demo_mask,
-                                         encoded.separator))
         visual_mask = torch.ones(encoded.query_visual.shape[:2], dtype=torch.bool, device=self.device)
-        segments.append(Segment(encoded.query_visual, visual_mask))
-        segments.append(self.prompt_segment(self.format_prompts(samples, prompt)))
+        query = [Segment(encoded.query_visual, visual_mask),
+                 self.prompt_segment(self.format_prompts(samples, prompt))]
+        query_lengths = sum(segment.mask.sum(dim=1) for segment in query)
+        segments, demo_lengths, demo_mask = [], None, None
+        if encoded.demo_embeds is not None:
+            demo_mask = encoded.demo_mask
+            demo_lengths = (encoded.demo_token_mask.sum(dim=2) + 1) * demo_mask  # (B, K), + separator
+            if self.max_prefix_tokens is not None:
+                demo_mask = fit_demos(demo_lengths, self.max_prefix_tokens - query_lengths) & demo_mask
+                demo_lengths = demo_lengths * demo_mask
+            segments.append(demo_segment(encoded.demo_embeds, encoded.demo_token_mask, demo_mask, encoded.separator))
+        self.check_packed_length(query_lengths, demo_lengths, demo_mask, following)
+        segments += query
         dtype = self.llm_dtype()
         for segment in segments:  # one dtype for the packed input (e.g. fp16 LLM, fp32 projection)
             segment.embeds = segment.embeds.to(dtype)
         return segments
+
+    def check_packed_length(self, query_lengths, demo_lengths, demo_mask, following):
+        """ConfigError when a sample's packed LLM input exceeds the LLM's positions (OPT would fail
+        in a CUDA device assert). query_lengths (B,); demo_lengths, demo_mask (B, K) or None."""
+        demos = demo_lengths.sum(dim=1) if demo_lengths is not None else torch.zeros_like(query_lengths)
+        following = torch.as_tensor(following, device=query_lengths.device).expand_as(query_lengths)
+        total = demos + query_lengths + following
+        limit, what = self.family.max_positions(self.llm_model.config)
+        if int(total.max()) > limit:
+            i = int(total.argmax())
+            num = int(demo_mask[i].sum()) if demo_mask is not None else 0
+            raise ConfigError(
+                f"the packed LLM input of sample {i} has {int(total[i])} positions, over {what} = {limit}: "
+                f"K={num} demonstrations ({int(demos[i])} positions with separators), query {int(query_lengths[i])} "
+                f"(visual tokens + prompt), {int(following[i])} target/new tokens. Lower demonstrations.num or "
+                "model.max_txt_len, or set demonstrations.max_prefix_tokens to drop the farthest demonstrations")
 
     # ---------------------------------------------------------------- training
     def forward(self, samples):
@@ -267,8 +319,10 @@ class Blip2ICLModel(Blip2Base):
         self.before_llm_call()
         # Autocast (CUDA only) around everything, as LAVIS's BLIP-2: the LLM in fp16 (OPT) or bf16 (FlanT5).
         with self.maybe_autocast(self.family.autocast_dtype):
-            loss, _ = llm_loss(self.llm_model, self.prefix_segments(samples),
-                               self.target_segment(samples["text_output"]), self.family.encoder_decoder)
+            target = self.target_segment(samples["text_output"], self.format_prompts(samples))
+            following = 0 if self.family.encoder_decoder else target.mask.sum(dim=1)
+            loss, _ = llm_loss(self.llm_model, self.prefix_segments(samples, following=following), target,
+                               self.family.encoder_decoder)
         return {"loss": loss}
 
     # ---------------------------------------------------------------- inference
@@ -297,7 +351,7 @@ class Blip2ICLModel(Blip2Base):
         with self.maybe_autocast(self.family.autocast_dtype):
             new_tokens = llm_generate(
                 self.llm_model,
-                self.prefix_segments(samples, prompt),
+                self.prefix_segments(samples, prompt, following=0 if self.family.encoder_decoder else max_length),
                 self.family.encoder_decoder,
                 max_new_tokens=max_length,
                 min_new_tokens=min_length,

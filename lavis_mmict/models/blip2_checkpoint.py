@@ -1,14 +1,23 @@
-"""LAVIS BLIP-2 checkpoints (``blip2_opt``/``blip2_t5`` ``.pth`` files) read for our models.
+"""LAVIS BLIP-2 checkpoints (``blip2_opt``/``blip2_t5`` ``.pth`` files) read for our models, strictly.
 
 ``aim_opt`` keeps LAVIS's parameter names and loads them as they are (``load_same_names``);
 ``mmict_blip2`` (one class for OPT and FlanT5, with an M-Hub) maps them to its names
 (``map_lavis_keys``) and fits the vocabulary tables (``fit_vocabulary_rows``).
+
+Strict loading (``check_coverage``): after a checkpoint is loaded every parameter and buffer comes
+from it or from a named source: the vision encoder's and the LLM's own weights (frozen; built from
+``vit_weights`` / ``llm_model``, or randomly by ``vit_init`` / ``llm_init``), the Q-Former's text
+branch from ``model.qformer_text_init`` (LAVIS's stage-1 ``blip2_pretrained.pth``; stage-2 files lack
+it), and the separator. Anything else missing, any key the model does not have and any shape that
+differs is a :class:`CheckpointError` naming the file and the keys, raised before the model changes.
 """
 import logging
+import re
 
 import torch
 
 from lavis_mmict import backbones
+from lavis_mmict.checkpoints import CheckpointError, load_torch_file, misfit_problems, short_list
 
 # LAVIS BLIP-2 checkpoint key prefixes -> ours (one model class serves OPT and T5).
 LAVIS_KEY_PREFIXES = {
@@ -21,16 +30,27 @@ LAVIS_KEY_PREFIXES = {
 }
 # Vocabulary tables: a checkpoint may have fewer rows than ours (we add the separator token).
 VOCABULARY_TABLES = ("embed_tokens.weight", "lm_head.weight", "shared.weight", "word_embeddings.weight")
+# The Q-Former's text branch (names after "Qformer."): what BLIP-2's stage 2 deletes and the
+# M-Hub reads text with; LAVIS's stage-1 checkpoint blip2_pretrained.pth has it.
+QFORMER_TEXT_BRANCH = re.compile(
+    r"bert\.embeddings\.(word|position)_embeddings\.weight"
+    r"|bert\.encoder\.layer\.\d+\.(intermediate|output)\.(dense|LayerNorm)\.(weight|bias)"
+)
+STAGE1_URL = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/blip2_pretrained.pth"
 
 
 def read_state_dict(url_or_path, description, config_key):
     """The state dict of a checkpoint (its ``model`` entry if it has one) -> (local path, state dict).
 
-    ``description`` and ``config_key`` (``pretrained``/``finetuned``) word the error of a missing file.
+    ``description`` and ``config_key`` (``pretrained``/``finetuned``) word the errors: a missing
+    file is a MissingWeightsError, a file that is not a torch state dict a CheckpointError.
     """
     path = backbones.resolve_weights_file(url_or_path, description, config_key)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return path, checkpoint.get("model", checkpoint)
+    checkpoint = load_torch_file(path, what=f"{description} (model.{config_key})")
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise CheckpointError(f"{description} {path} (model.{config_key}) is not a state dict of tensors")
+    return path, state_dict
 
 
 def map_lavis_keys(state_dict):
@@ -60,16 +80,63 @@ def fit_vocabulary_rows(state_dict, own_state):
     return fitted
 
 
-def load_same_names(model, url_or_path, description, config_key, skip=()):
-    """Load, non-strict, the checkpoint's tensors that ``model`` has under the same name, except
-    the names in ``skip``; their shapes must match. Returns the set of names loaded."""
+def check_coverage(path, config_key, state_dict, own_state, sources):
+    """Raise CheckpointError unless ``state_dict`` fits the model: no unknown key, no other shape, and
+    every model key it lacks is accounted for by ``sources`` ({source name: predicate on a key}).
+
+    Returns {source name: number of keys it accounts for} (logged by the callers).
+    """
+    counts = {"checkpoint": len(set(state_dict) & set(own_state))}
+    unaccounted = []
+    for key in sorted(set(own_state) - set(state_dict)):
+        source = next((name for name, covers in sources.items() if covers(key)), None)
+        if source is None:
+            unaccounted.append(key)
+        else:
+            counts[source] = counts.get(source, 0) + 1
+    problems = misfit_problems(state_dict, own_state, unaccounted, "parameters it lacks and nothing else provides")
+    if problems:
+        hint = ""
+        if any(QFORMER_TEXT_BRANCH.fullmatch(k.split("Qformer.", 1)[-1]) for k in unaccounted):
+            hint = (" The Q-Former's text branch comes from LAVIS's stage-1 checkpoint: set "
+                    f"model.qformer_text_init to blip2_pretrained.pth ({STAGE1_URL}).")
+        raise CheckpointError(f"Checkpoint {path} (model.{config_key}) does not fit the model: "
+                              + "; ".join(problems) + "." + hint)
+    return counts
+
+
+def read_qformer_text_branch(url_or_path, qformer_prefix, own_state):
+    """The Q-Former text branch of LAVIS's stage-1 checkpoint, as this model's keys.
+
+    qformer_prefix: where the model keeps its Q-Former (``mhub.Qformer.``). Every text-branch key
+    of the model must be in the file (a CheckpointError naming it and the keys otherwise); the
+    word-embedding table is fitted to ours (stage 1 adds a [DEC] row to bert-base-uncased's).
+    Returns (path, {model key: tensor}).
+    """
+    path, state_dict = read_state_dict(url_or_path, "Q-Former text-branch checkpoint", "qformer_text_init")
+    wanted = [k for k in own_state if k.startswith(qformer_prefix)
+              and QFORMER_TEXT_BRANCH.fullmatch(k[len(qformer_prefix):])]
+    found = {k: state_dict["Qformer." + k[len(qformer_prefix):]] for k in wanted
+             if "Qformer." + k[len(qformer_prefix):] in state_dict}
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise CheckpointError(f"{path} (model.qformer_text_init) lacks the Q-Former text branch "
+                              f"{short_list(missing)}; it must be LAVIS's stage-1 blip2_pretrained.pth")
+    found = fit_vocabulary_rows(found, own_state)
+    check_coverage(path, "qformer_text_init", found, own_state, {"rest of the model": lambda key: True})
+    return path, found
+
+
+def load_same_names(model, url_or_path, description, config_key, skip=(), sources=None):
+    """Load, strictly, a checkpoint whose names are the model's, except the names in ``skip``
+    (they are neither read nor required); vocabulary tables are fitted. ``sources`` (see
+    ``check_coverage``) names where the keys the file lacks come from. Returns the set of names loaded.
+    """
     path, state_dict = read_state_dict(url_or_path, description, config_key)
     own = model.state_dict()
-    usable = {k: v for k, v in state_dict.items() if k in own and k not in skip}
-    mismatched = sorted(k for k, v in usable.items() if tuple(v.shape) != tuple(own[k].shape))
-    if mismatched:
-        raise ValueError(f"{path} (model.{config_key}): shapes differ from the model for {mismatched[:5]}")
+    usable = fit_vocabulary_rows({k: v for k, v in state_dict.items() if k not in skip}, own)
+    sources = dict(sources or {}, **{"the model's own parameters (skipped)": lambda key: key in skip})
+    counts = check_coverage(path, config_key, usable, own, sources)
     model.load_state_dict(usable, strict=False)
-    logging.info("loaded %d tensors from %s; %d not in the model were skipped",
-                 len(usable), path, len(state_dict) - len(usable))
+    logging.info("loaded %s: %s", path, counts)
     return set(usable)

@@ -11,8 +11,9 @@ Data flow for a batch of B queries with up to K demonstrations each (see DESIGN.
   -> LLM input per sample: [demo 1] <sep> ... [demo K] <sep> [query visual] [prompt], packed and
      read by OPT (target after it) or FlanT5 (target as decoder labels) in one LLM call, as
      models/base.py does for both models: loss over the batch's target tokens, or generate().
-The query is encoded the same way in every format (M-Hub with its question), so the formats
-differ only in what the demonstrations contribute.
+The query is encoded the same way in every format: M-Hub with its question when
+``query_text_in_qformer`` (default: on for mmict and text_only, off for none and vanilla_ict, the
+paper's baselines), else BLIP-2's vision-only Q-Former pass.
 """
 import logging
 import os
@@ -26,7 +27,9 @@ from lavis_mmict import backbones
 from lavis_mmict.models.base import (
     LLM_FAMILIES, SEPARATOR_TOKEN, Blip2ICLModel, EncodedBatch, check_choice, query_clips,
 )
-from lavis_mmict.models.blip2_checkpoint import fit_vocabulary_rows, map_lavis_keys, read_state_dict
+from lavis_mmict.models.blip2_checkpoint import (
+    QFORMER_TEXT_BRANCH, check_coverage, fit_vocabulary_rows, map_lavis_keys, read_qformer_text_branch, read_state_dict,
+)
 from lavis_mmict.models.feature_cache import DemoFeatureCache, cache_from_config
 from lavis_mmict.models.mhub import MultiModalHub
 
@@ -34,6 +37,9 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 # What each demonstration format feeds the LLM (module docstring); "none" is plain BLIP-2 (K = 0).
 DEMO_FORMATS = ("mmict", "vanilla_ict", "text_only", "none")
+# model.query_text_in_qformer when unset: the paper's baselines (none = plain BLIP-2 fine-tuning,
+# vanilla_ict) keep the question out of the Q-Former; MMICT's M-Hub reads it.
+QUERY_TEXT_IN_QFORMER_DEFAULT = {"mmict": True, "text_only": True, "vanilla_ict": False, "none": False}
 # How a clip of F frames meets the Q-Former: one memory of all frames' patch tokens (N query tokens
 # per clip, as the MMICT reference), or one M-Hub pass per frame (N x F tokens, as InstructBLIP).
 FRAME_MODES = ("concat", "per_frame")
@@ -58,13 +64,16 @@ class MMICTBlip2(Blip2ICLModel):
         "pretrain_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_opt6.7b.yaml"),
         "pretrain_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_flant5xl.yaml"),
         "pretrain_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_pretrain_flant5xxl.yaml"),
-        "finetuned_opt2.7b": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_opt2.7b.yaml"),
-        "finetuned_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_opt6.7b.yaml"),
-        "finetuned_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_flant5xl.yaml"),
-        "finetuned_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_finetuned_flant5xxl.yaml"),
+        "own_finetuned_opt2.7b": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_opt2.7b.yaml"),
+        "own_finetuned_opt6.7b": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_opt6.7b.yaml"),
+        "own_finetuned_flant5xl": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_flant5xl.yaml"),
+        "own_finetuned_flant5xxl": os.path.join(CONFIG_DIR, "mmict_blip2_own_finetuned_flant5xxl.yaml"),
     }
     default_model_type = "tiny"
     DEMO_FORMATS = DEMO_FORMATS
+    # own_finetuned_* load YOUR train.py checkpoint (no MMICT weights were released); old names
+    RENAMED_TYPES = {f"finetuned_{size}": f"own_finetuned_{size}"
+                     for size in ("opt2.7b", "opt6.7b", "flant5xl", "flant5xxl")}
 
     def __init__(
         self,
@@ -83,6 +92,7 @@ class MMICTBlip2(Blip2ICLModel):
         train_separator=False,
         num_frames=None,
         demo_feature_cache: Optional[DemoFeatureCache] = None,
+        query_text_in_qformer=None,
     ):
         family = LLM_FAMILIES[check_choice(llm_family, tuple(LLM_FAMILIES), "llm_model family")]
         super().__init__(visual_encoder, ln_vision, demo_format, family, prompt, max_txt_len)
@@ -94,6 +104,16 @@ class MMICTBlip2(Blip2ICLModel):
         self.frame_mode = check_frame_mode(frame_mode)
         self.num_frames = num_frames
         self.freeze_vit = freeze_vit
+        if query_text_in_qformer is None:
+            query_text_in_qformer = QUERY_TEXT_IN_QFORMER_DEFAULT[self.demo_format]
+        self.query_text_in_qformer = bool(query_text_in_qformer)
+        self.text_init_keys = set()  # keys loaded from model.qformer_text_init (strict loading's source)
+        if not (self.query_text_in_qformer or self.demo_format == "mmict"):
+            # nothing reads text in the Q-Former (plain BLIP-2, whose stage 2 has no text branch):
+            # frozen, so that DDP sees no trainable parameter without a gradient
+            for name, param in mhub.Qformer.named_parameters():
+                if QFORMER_TEXT_BRANCH.fullmatch(name):
+                    param.requires_grad = False
         # Frozen ViT outputs of demo clips, reused across steps (models/feature_cache.py).
         self.demo_feature_cache = demo_feature_cache or DemoFeatureCache("none")
         if self.demo_feature_cache.enabled and not freeze_vit:
@@ -122,6 +142,9 @@ class MMICTBlip2(Blip2ICLModel):
     @classmethod
     def default_config_path(cls, model_type=None):
         model_type = model_type or cls.default_model_type
+        if model_type in cls.RENAMED_TYPES:
+            raise ValueError(f"model_type {model_type!r} was renamed to {cls.RENAMED_TYPES[model_type]!r}: it "
+                             "loads your own fine-tuned checkpoint (no MMICT weights were released)")
         if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
             raise ValueError(f"Unknown model_type {model_type!r} for mmict_blip2; valid: "
                              f"{list(cls.PRETRAINED_MODEL_CONFIG_DICT)}")
@@ -138,8 +161,9 @@ class MMICTBlip2(Blip2ICLModel):
         frame_mode = check_frame_mode(cfg.get("frame_mode", "concat"))
         if cfg.get("load_finetuned", False) and not cfg.get("finetuned", None):
             raise ValueError(
-                f"model_type {cfg.get('model_type')!r} loads a fine-tuned checkpoint: set model.finetuned to "
-                "a checkpoint written by train.py (e.g. output/<run>/<job_id>/checkpoint_best.pth), "
+                f"model_type {cfg.get('model_type')!r} loads your own fine-tuned checkpoint (no MMICT weights "
+                "were released): set model.finetuned to one your train.py wrote (e.g. "
+                "output/<run>/<job_id>/checkpoint_best.pth), "
                 "or pass checkpoint=... to lavis_mmict.load_model."
             )
         backbones.check_weights_available(cfg)
@@ -163,26 +187,46 @@ class MMICTBlip2(Blip2ICLModel):
             train_separator=cfg.get("train_separator", False),
             num_frames=cfg.get("num_frames", None),
             demo_feature_cache=cache_from_config(cfg),
+            query_text_in_qformer=cfg.get("query_text_in_qformer", None),
         )
+        # stage 1 (the Q-Former's text branch) first: the stage-2 checkpoint lacks it
+        if cfg.get("qformer_text_init", None):
+            model.load_qformer_text_init(cfg.qformer_text_init)
         if cfg.get("pretrained", None):
             model.load_lavis_checkpoint(cfg.pretrained, config_key="pretrained")
         if cfg.get("load_finetuned", False):
             model.load_trainable_checkpoint(cfg.finetuned)
         return model
 
-    def load_lavis_checkpoint(self, url_or_path, config_key="pretrained"):
-        """Load a LAVIS BLIP-2 (``blip2_opt``/``blip2_t5``) or full ``mmict_blip2`` checkpoint.
+    def load_qformer_text_init(self, url_or_path):
+        """Load the M-Hub's text branch (word/position embeddings, every layer's text FFN) from LAVIS's
+        stage-1 checkpoint ``blip2_pretrained.pth`` (``model.qformer_text_init``)."""
+        path, text_branch = read_qformer_text_branch(url_or_path, "mhub.Qformer.", self.state_dict())
+        self.load_state_dict(text_branch, strict=False)
+        self.text_init_keys = set(text_branch)
+        logging.info("loaded the Q-Former text branch (%d tensors) from %s", len(text_branch), path)
 
-        Keys are mapped to ours and vocabulary tables fitted (the separator row stays ours); what
-        the checkpoint lacks (M-Hub's text embeddings and text FFN, which BLIP-2 drops) keeps its
-        built value (bert-base-uncased for real types). Returns torch's (missing, unexpected) keys.
+    def load_lavis_checkpoint(self, url_or_path, config_key="pretrained"):
+        """Load a LAVIS BLIP-2 (``blip2_opt``/``blip2_t5``) or full ``mmict_blip2`` checkpoint, strictly.
+
+        Keys are mapped to ours and vocabulary tables fitted (the separator row stays ours). What the
+        checkpoint lacks must come from a named source (models/blip2_checkpoint.py): the frozen ViT's
+        and LLM's own weights, the text branch of ``model.qformer_text_init``, the separator row;
+        anything else is a CheckpointError naming the file and keys. Returns torch's (missing,
+        unexpected) keys.
         """
         path, state_dict = read_state_dict(url_or_path, "BLIP-2 checkpoint", config_key)
-        state_dict = map_lavis_keys(state_dict)
-        state_dict = fit_vocabulary_rows(state_dict, self.state_dict())
+        own = self.state_dict()
+        state_dict = fit_vocabulary_rows(map_lavis_keys(state_dict), own)
+        text_init_keys = self.text_init_keys
+        counts = check_coverage(path, config_key, state_dict, own, {
+            "the vision encoder's own weights": lambda key: key.startswith("visual_encoder."),
+            "the LLM's own weights": lambda key: key.startswith("llm_model."),
+            "model.qformer_text_init": lambda key: key in text_init_keys,
+            "the LLM's separator row": lambda key: key == "separator_embed",
+        })
         result = self.load_state_dict(state_dict, strict=False)
-        logging.info("loaded %s; missing keys: %d; unexpected: %s", path, len(result.missing_keys),
-                     result.unexpected_keys)
+        logging.info("loaded %s; parameters by source: %s", path, counts)
         return result
 
     # LAVIS names: `load_model(..., checkpoint=)` calls load_checkpoint, configs call load_from_pretrained.
@@ -253,6 +297,8 @@ class MMICTBlip2(Blip2ICLModel):
         Nq = N for ``concat`` and N x F for ``per_frame`` (text outputs then averaged over frames).
         """
         num_items, num_frames, num_patches, _ = frame_features.shape
+        if not bool(text_visible.any()):  # no text at all: BLIP-2's vision-only Q-Former pass
+            return self.run_mhub_without_text(frame_features), None, None
         ids, mask = self.tokenize_for_qformer(texts)
         mask = mask * text_visible.to(mask.dtype).unsqueeze(1)
         if self.frame_mode == "concat":
@@ -269,6 +315,14 @@ class MMICTBlip2(Blip2ICLModel):
             mask = mask[::num_frames]
         return queries, text, mask.bool()
 
+    def run_mhub_without_text(self, frame_features):
+        """(M, F, P, Dv) -> query outputs (M, Nq, H) of the Q-Former without text (LAVIS's BLIP-2)."""
+        num_items, num_frames = frame_features.shape[:2]
+        memory = frame_features.flatten(1, 2) if self.frame_mode == "concat" else frame_features.flatten(0, 1)
+        memory_mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        queries = self.mhub(memory, memory_mask).query_features
+        return queries.reshape(num_items, -1, queries.shape[-1])
+
     def llm_text_embeds(self, texts):
         """LLM embeddings of raw texts (no special tokens): (M, L, D) and mask (M, L) bool."""
         tokens = self.llm_tokenizer(
@@ -278,10 +332,18 @@ class MMICTBlip2(Blip2ICLModel):
         return self.embed_tokens(tokens.input_ids), tokens.attention_mask.bool()
 
     def query_only_outputs(self, image, queries):
-        """M-Hub query outputs (B, Nq, H) of the queries' clips with their questions, no demo."""
-        visible = torch.ones(image.shape[0], dtype=torch.bool, device=self.device)
+        """M-Hub query outputs (B, Nq, H) of the queries' clips, no demo; with their questions when
+        ``query_text_in_qformer``."""
+        visible = torch.full((image.shape[0],), self.query_text_in_qformer, dtype=torch.bool, device=self.device)
         query_out, _, _ = self.run_mhub(self.encode_frames(image), queries, visible)
         return query_out
+
+    def query_texts(self, samples, batch):
+        """The B questions the Q-Former may read (empty strings when the batch has none)."""
+        texts = samples.get("text_input")
+        if texts is None:
+            return [""] * batch
+        return [texts] if isinstance(texts, str) else list(texts)
 
     def encode(self, samples) -> EncodedBatch:
         """One ViT call and one M-Hub call over every query and every real demonstration that the
@@ -291,7 +353,7 @@ class MMICTBlip2(Blip2ICLModel):
             raise ValueError(f"model.num_frames is {self.num_frames} but the batch has {image.shape[1]} frames "
                              "per clip; make the dataset's num_frames match (or set model.num_frames: null)")
         batch = image.shape[0]
-        queries = list(samples["text_input"]) if not isinstance(samples["text_input"], str) else [samples["text_input"]]
+        queries = self.query_texts(samples, batch)
         demos = self.real_demos(samples)
         if demos is None:
             return EncodedBatch(self.llm_proj(self.query_only_outputs(image, queries)))
@@ -306,6 +368,7 @@ class MMICTBlip2(Blip2ICLModel):
             frames = self.encode_frames(torch.cat([image, self.demo_clips(demos, image)]), cache_keys)
             # vanilla ICT demos go through the Q-Former without text (plain BLIP-2 visual tokens).
             visible = torch.ones(frames.shape[0], dtype=torch.bool, device=self.device)
+            visible[:batch] = self.query_text_in_qformer
             visible[batch:] = self.demo_format == "mmict"
             qformer_texts = queries + (demos.texts if self.demo_format == "mmict" else [""] * len(demos.texts))
             query_out, text_out, text_mask = self.run_mhub(frames, qformer_texts, visible)

@@ -53,6 +53,17 @@ def demo_segment(demo_embeds, demo_token_mask, demo_mask, separator_embed):
     return Segment(embeds, mask)
 
 
+def fit_demos(demo_lengths, budget):
+    """Which demos to keep so that each sample's demos fit its budget, nearest to the query first.
+
+    demo_lengths (B, K) long: positions of each demo (0 for absent ones), slot K-1 next to the
+    query; budget (B,): positions left for demos. Returns (B, K) bool: a demo is kept when it and
+    every demo after it fit (the farthest, first slots, are dropped), without a loop over samples.
+    """
+    from_query = demo_lengths.flip(1).cumsum(dim=1).flip(1)  # positions of this demo and those after it
+    return from_query <= budget.unsqueeze(1)
+
+
 def pack_segments(segments: List[Segment], padding_side: str = "right") -> PackedSequence:
     """Concatenate segments per sample, squeeze out pads, pad to the longest sample.
 

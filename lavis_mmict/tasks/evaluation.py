@@ -19,7 +19,7 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.base_task import BaseTask
 
 from lavis_mmict.atomic import write_json_atomic
-from lavis_mmict.errors import DataError
+from lavis_mmict.errors import ConfigError, DataError
 
 __all__ = [
     "ICLEvalTask",
@@ -130,6 +130,19 @@ class ICLEvalTask(BaseTask):
         super().__init__()
         self.eval_log_freq = max(1, int(eval_log_freq))
         self.eval_dataset = None
+
+    def build_model(self, cfg):
+        """LAVIS's build_model, then ``demonstrations.max_prefix_tokens`` (one value across the
+        datasets) handed to the model, which drops the farthest demos to fit it."""
+        model = super().build_model(cfg)
+        limits = {(d.get("demonstrations") or {}).get("max_prefix_tokens") for d in cfg.datasets_cfg.values()}
+        limits.discard(None)
+        if len(limits) > 1 or any(not isinstance(v, int) or v < 1 for v in limits):
+            raise ConfigError(f"demonstrations.max_prefix_tokens must be one positive integer for all "
+                              f"datasets, got {sorted(limits)}")
+        if limits and hasattr(model, "max_prefix_tokens"):
+            model.max_prefix_tokens = limits.pop()
+        return model
 
     def before_evaluation(self, model, dataset, **kwargs):
         """Remember the split's dataset (its name for progress lines; ground truth for captions),
