@@ -27,6 +27,7 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
 from lavis_mmict.backbones import MissingWeightsError
 from lavis_mmict.checkpoints import CheckpointError
+from lavis_mmict.data_root import apply_config_data_root
 from lavis_mmict.config_checks import DEFAULT_RUNNER, check_config_names
 from lavis_mmict.datasets.media import MediaError
 from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
@@ -105,6 +106,7 @@ def setup_run(args):
     job_id = shared_job_id(cfg.run_cfg)
     setup_seeds(cfg)
     setup_logger()
+    apply_config_data_root(cfg)  # env.cache_root / $LAVIS_CACHE_ROOT: where relative data paths point
     cfg.pretty_print()
     return cfg, job_id
 
