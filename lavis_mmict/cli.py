@@ -33,6 +33,7 @@ from lavis_mmict.datasets.media import MediaError
 from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_id
 from lavis_mmict.errors import ConfigError
 from lavis_mmict.reports import write_sweep_report
+from lavis_mmict.shared_storage import check_shared_folders
 from lavis_mmict.tasks.evaluation import format_metrics_table
 
 EXTRA_IMPORTS_ENV = "LAVIS_MMICT_EXTRA_IMPORTS"
@@ -104,6 +105,7 @@ def setup_run(args):
     cfg = Config(args)
     init_distributed(cfg.run_cfg)
     job_id = shared_job_id(cfg.run_cfg)
+    check_shared_folders(cfg.config)  # rank 0's checkpoints and caches must be every rank's
     setup_seeds(cfg)
     setup_logger()
     apply_config_data_root(cfg)  # env.cache_root / $LAVIS_CACHE_ROOT: where relative data paths point

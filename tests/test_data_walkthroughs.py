@@ -134,7 +134,7 @@ def test_msrvtt_qa_walkthrough_on_two_processes(tmp_path):
     train_job, evaluate_job = check_train_and_evaluate(output_dir, outputs)
     predictions = converted(os.path.join(output_dir, evaluate_job, "result", sorted(
         r for r in os.listdir(os.path.join(output_dir, evaluate_job, "result")) if r.startswith("test"))[0]))
-    assert sorted(p["question_id"] for p in predictions) == list(range(200, 208))  # both ranks' halves, once
+    assert sorted(p["question_id"] for p in predictions) == [200, 201, 202, 203]  # both ranks' halves, once
 
 
 @pytest.mark.slow
