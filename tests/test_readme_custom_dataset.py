@@ -52,7 +52,7 @@ def test_readme_custom_builder_example_trains_a_model(tmp_path):
     my_code = tmp_path / "my_code"
     my_code.mkdir()
     for header, block in blocks.items():
-        match = re.match(r"# my_code/(\S+)", header)
+        match = re.match(r"# my_code/([\w.]+)", header)
         if match:
             (my_code / match.group(1)).write_text(block)
     assert sorted(os.listdir(my_code)) == ["cooking_qa_icl.py", "cooking_qa_icl.yaml", "my_cooking.yaml"]
