@@ -14,9 +14,10 @@ pytestmark = pytest.mark.slow  # bash subprocesses
 
 
 def dry_run(command, cwd=REPO_ROOT, **env):
-    out = subprocess.run(command, env={**os.environ, "DRY_RUN": "1", "NPROC_PER_NODE": "4", **env}, cwd=cwd,
-                         capture_output=True, text=True, check=True).stdout
-    return [shlex.split(line) for line in out.splitlines() if line.strip()]
+    result = subprocess.run(command, env={**os.environ, "DRY_RUN": "1", "NPROC_PER_NODE": "4", **env}, cwd=cwd,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 def test_an_aim_config_keeps_its_own_model_type_and_output_dir():

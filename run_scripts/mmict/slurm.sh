@@ -27,7 +27,8 @@ if [[ ! -x $root/run_scripts/mmict/launch.sh ]]; then
     exit 2
 fi
 
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")   # (not `| head`: SIGPIPE under pipefail)
+MASTER_ADDR=${hosts%%$'\n'*}
 export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-29500} NNODES=${SLURM_NNODES:-1}
 if [[ -z ${NPROC_PER_NODE:-} && -n ${SLURM_GPUS_ON_NODE:-} ]]; then
     export NPROC_PER_NODE=$SLURM_GPUS_ON_NODE
