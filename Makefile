@@ -6,14 +6,14 @@ STAMP := $(VENV)/.installed
 # No model hub at run time: tiny models ship with the package; real weights must be on disk.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv demo test test-quick bench gpu-check clean
+.PHONY: venv demo test test-quick test-packaging bench gpu-check clean
 
 venv: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 # AIM first, so the output ends with MMICT's table and its K-sweep (table + plot)
@@ -27,6 +27,10 @@ test: $(STAMP)
 # The quick loop: every test but those marked slow (subprocesses, torchrun, spawned workers).
 test-quick: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+# Needs the package index: pip's resolver keeps another supported torch (tests/test_packaging.py).
+test-packaging: $(STAMP)
+	LAVIS_MMICT_NETWORK_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_packaging.py
 
 # Speed and memory ratios (benchmarks/, BENCHMARKS.md): CPU, "small" size, under 10 minutes on 2 cores.
 bench: $(STAMP)

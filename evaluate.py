@@ -21,16 +21,7 @@ the model is built once and the checkpoint loaded once; for each K every dataset
 directory gets ``results.json``, ``results.md`` (K table) and ``results.png`` (metric vs K, one
 line per format); ``--metric`` picks the reported metric (default ``agg_metrics``).
 """
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from lavis_mmict.cli import evaluate, parse_evaluate_args, run_main
-
-
-@record  # under torchrun: the failing rank's exception appears in torchrun's summary
-def main():
-    args = parse_evaluate_args()
-    run_main("evaluate.py", lambda: evaluate(args), debug=args.debug)  # user errors: one line, status 1
-
+from lavis_mmict.commands import evaluate_main as main  # also the console script lavis-mmict-evaluate
 
 if __name__ == "__main__":
     main()

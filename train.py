@@ -24,16 +24,7 @@ Environment:
                                ``lavis_mmict``, e.g. your own plugin that registers models or
                                dataset builders named in the config.
 """
-from torch.distributed.elastic.multiprocessing.errors import record
-
-from lavis_mmict.cli import parse_train_args, run_main, train
-
-
-@record  # under torchrun: the failing rank's exception appears in torchrun's summary
-def main():
-    args = parse_train_args()
-    run_main("train.py", lambda: train(args), debug=args.debug)  # user errors: one line, status 1
-
+from lavis_mmict.commands import train_main as main  # also the console script lavis-mmict-train
 
 if __name__ == "__main__":
     main()

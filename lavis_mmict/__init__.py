@@ -9,6 +9,7 @@ import os
 import lavis  # noqa: F401
 
 from lavis_mmict import compat  # noqa: F401  (CPU-safe fixes to LAVIS internals)
+from lavis_mmict.data_root import apply_env_data_root
 from lavis_mmict import datasets, models, runners, tasks  # noqa: F401
 
 PACKAGE_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -55,3 +56,4 @@ def _refresh_lavis_model_zoo():
 
 
 _refresh_lavis_model_zoo()
+apply_env_data_root()  # $LAVIS_CACHE_ROOT, when set, is LAVIS's cache_root from now on

@@ -30,6 +30,7 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
 from lavis_mmict.backbones import MissingWeightsError
 from lavis_mmict.checkpoints import CheckpointError
+from lavis_mmict.data_root import apply_config_data_root
 from lavis_mmict.config_checks import (
     DEFAULT_RUNNER,
     check_config_keys,
@@ -44,6 +45,7 @@ from lavis_mmict.dist import destroy_distributed, init_distributed, shared_job_i
 from lavis_mmict.errors import ConfigError, UserError
 from lavis_mmict.models.pool_store import attach_pool_store
 from lavis_mmict.reports import write_sweep_report
+from lavis_mmict.shared_storage import check_shared_folders
 from lavis_mmict.tasks.evaluation import check_validation_labelled, format_metrics_table
 
 EXTRA_IMPORTS_ENV = "LAVIS_MMICT_EXTRA_IMPORTS"
@@ -124,8 +126,10 @@ def setup_run(args):
     cfg = Config(args)
     init_distributed(cfg.run_cfg)
     job_id = shared_job_id(cfg.run_cfg)
+    check_shared_folders(cfg.config)  # rank 0's checkpoints and caches must be every rank's
     setup_seeds(cfg)
     setup_logger()
+    apply_config_data_root(cfg)  # env.cache_root / $LAVIS_CACHE_ROOT: where relative data paths point
     cfg.pretty_print()
     return cfg, job_id
 

@@ -12,12 +12,18 @@ Everything else is handled by subclassing (see ``lavis_mmict.runners``). Applied
   key/value cache from a ``past`` argument of ``prepare_inputs_for_generation``; transformers 4.26
   passes it as ``past_key_values``, so the cache was dropped and every generated token recomputed
   the whole prefix (demos included). :func:`accept_past_key_values` hands it on as ``past``.
+- ``lavis.common.config.Config.build_model_config`` looks for ``--options model.model_type=X`` as a
+  flat ``"model.model_type"`` keyword, but receives the options nested (``model={"model_type": X}``),
+  so it loaded the defaults of the config file's model type and only renamed it (a
+  ``pretrain_flant5xl`` config run with ``model.model_type=pretrain_opt2.7b`` kept FlanT5's LLM).
+  :func:`model_type_from_options` passes the option on as LAVIS expects.
 """
 import functools
 
 import torch
 import torch.distributed as dist
 from lavis.common import dist_utils
+from lavis.common.config import Config
 from lavis.common.logger import SmoothedValue
 
 
@@ -56,9 +62,28 @@ def accept_past_key_values(prepare_inputs_for_generation):
     return wrapped
 
 
+def model_type_from_options(build_model_config):
+    """Wrap LAVIS's ``Config.build_model_config(config, **user_options)`` so that a
+    ``model.model_type`` given in the options selects that type's default config."""
+    if getattr(build_model_config, "reads_nested_model_type", False):
+        return build_model_config
+
+    @functools.wraps(build_model_config)
+    def wrapped(config, **kwargs):
+        model = kwargs.get("model", None)
+        model_type = model.get("model_type", None) if hasattr(model, "get") else None
+        if model_type and not kwargs.get("model.model_type"):
+            kwargs["model.model_type"] = model_type
+        return build_model_config(config, **kwargs)
+
+    wrapped.reads_nested_model_type = True
+    return wrapped
+
+
 def apply():
     """Install the fixes (idempotent)."""
     SmoothedValue.synchronize_between_processes = synchronize_between_processes
+    Config.build_model_config = staticmethod(model_type_from_options(Config.build_model_config))
     from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
     from lavis.models.blip2_models.modeling_t5 import T5ForConditionalGeneration
 

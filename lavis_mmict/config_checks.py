@@ -109,6 +109,8 @@ def check_config_names(cfg_path, options=None):
 # --- every key: known, of the right type ------------------------------------------------------
 
 SECTIONS = ("model", "datasets", "run")
+#: sections a config may have besides those: LAVIS's ``env:`` (data_root.py reads ``env.cache_root``)
+OPTIONAL_SECTIONS = ("env",)
 
 
 def _plain(node):
@@ -217,10 +219,11 @@ def check_config_keys(cfg_path, options=None):
     _, config = load_config(cfg_path, options)
     where = f"Config {cfg_path}"
     for section in config:
-        if section not in SECTIONS:
-            close = difflib.get_close_matches(str(section), SECTIONS, n=1)
+        if section not in SECTIONS + OPTIONAL_SECTIONS:
+            known = SECTIONS + OPTIONAL_SECTIONS
+            close = difflib.get_close_matches(str(section), known, n=1)
             raise ConfigError(f"{where}: unknown section '{section}:'; "
-                              + (f"did you mean `{close[0]}`?" if close else f"sections are {list(SECTIONS)}"))
+                              + (f"did you mean `{close[0]}`?" if close else f"sections are {list(known)}"))
     values = {section: _plain(config[section]) for section in SECTIONS}
     unchecked = [str(u) for u in (values["run"].get("unchecked_keys") or [])]
 
@@ -230,6 +233,8 @@ def check_config_keys(cfg_path, options=None):
     tables += [(f"datasets.{name}", values["datasets"][name] or {}, dataset_keys(name))
                for name in values["datasets"]]
     tables.append(("run", values["run"], run_keys(config)))
+    if "env" in config:
+        tables.append(("env", _plain(config["env"]) or {}, schema.ENV_KEYS))
     for prefix, section_values, table in tables:
         if table is None:
             logging.warning("%s: the keys of %s are not checked (its class declares no CONFIG_KEYS).",

@@ -191,3 +191,7 @@ RUN_KEYS = {
     "unchecked_keys": LIST,
 }
 
+# --- env: -----------------------------------------------------------------------------------
+
+#: LAVIS's ``env:`` section (lavis/configs/default.yaml); data_root.py reads ``cache_root``
+ENV_KEYS = {"cache_root": STR}

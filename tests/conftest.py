@@ -10,8 +10,9 @@ shared helpers from these modules, never from each other:
     _jobs.py           a toy training job in-process (config, runner) and its log.txt records
     _subprocesses.py   train.py / evaluate.py / torchrun in a child process, no-network guard log
     _dataset_files.py  small data sets in each annotation format, with real media files
+    _release_files.py  miniatures of the official releases (MSVD-QA, MSRVTT-QA, COCO Karpathy, VQAv2)
     _toy_plugin.py     the toy model and dataset builder (also imported by train.py subprocesses)
-    _rank_probe.py, _sweep_probe.py, _no_network/   imported by train.py / evaluate.py subprocesses
+    _rank_probe.py, _sweep_probe.py, _rank_cwd.py, _no_network/   imported by train.py / evaluate.py subprocesses
 """
 import os
 

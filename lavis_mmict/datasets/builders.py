@@ -12,10 +12,12 @@
 
 Paths (``build_info.annotations.<split>.storage``, ``build_info.<videos|images>.storage``):
 absolute paths are used as given; relative ones are relative to ``build_info.root`` when set (a
-relative root is relative to the current directory), else to LAVIS's ``cache_root`` (where
-LAVIS's own downloader puts its datasets). A missing annotation file with a ``url`` is downloaded
-(main process, as LAVIS does) unless ``HF_HUB_OFFLINE=1``; an existing one is never touched.
-Videos and images are never downloaded (see run_scripts/data/README.md).
+relative root is relative to the current directory), else to the data root (LAVIS's
+``cache_root``: ``env.cache_root`` / ``$LAVIS_CACHE_ROOT``, see data_root.py). A missing file or
+folder is a :class:`~lavis_mmict.data_root.DataFileNotFoundError` naming the root it resolved
+against. A missing annotation file with a ``url`` is downloaded (main process, as LAVIS does)
+unless ``HF_HUB_OFFLINE=1``; an existing one is never touched. Videos and images are never
+downloaded (docs/data.md).
 """
 import logging
 import os
@@ -25,6 +27,7 @@ from lavis.common.registry import registry
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from omegaconf import OmegaConf
 
+from lavis_mmict.data_root import DataFileNotFoundError, data_root, describe_data_root
 from lavis_mmict.datasets.demonstrations import DemonstrationConfig
 from lavis_mmict.datasets.icl_dataset import ICLDataset
 from lavis_mmict.datasets.records import DEFAULT_CAPTION_PROMPTS, MediaRecordDataset, TASK_KINDS
@@ -66,16 +69,28 @@ class ICLDatasetBuilder(BaseDatasetBuilder):
 
     # ------------------------------------------------------------------ paths
     def resolve(self, path: str) -> str:
+        """A config path made absolute (see the module docstring)."""
+        return self._resolve(path)[0]
+
+    def _resolve(self, path: str):
+        """(absolute path, what a relative path was resolved against, or None for an absolute one)."""
         path = os.path.expanduser(str(path))
         if os.path.isabs(path):
-            return path
+            return path, None
         root = self.config.build_info.get("root", None)
         if root:
-            return os.path.join(resolve_from_cwd(root), path)
-        return os.path.join(registry.get_path("cache_root"), path)
+            root = resolve_from_cwd(root)
+            return os.path.join(root, path), f"datasets.{self.dataset_name}.build_info.root {root}"
+        return os.path.join(data_root(), path), describe_data_root()
+
+    def _missing(self, what: str, storage: str, hint: str) -> DataFileNotFoundError:
+        """The error for a missing file/folder: its path and, if relative, the root it resolved against."""
+        path, against = self._resolve(storage)
+        where = f" ('{storage}' resolved against {against})" if against else ""
+        return DataFileNotFoundError(f"{self.dataset_name}: {what} not found: {path}{where}. {hint}")
 
     def _annotation_entries(self) -> Dict[str, List[tuple]]:
-        """{split: [(absolute path, url or None)]} from ``build_info.annotations``."""
+        """{split: [(absolute path, url or None, path as configured)]} from ``build_info.annotations``."""
         annotations = self.config.build_info.get("annotations", None) or {}
         entries = {}
         for split, info in annotations.items():
@@ -88,7 +103,7 @@ class ICLDatasetBuilder(BaseDatasetBuilder):
             if not storages:
                 raise ValueError(f"{self.dataset_name}: build_info.annotations.{split}.storage is not set")
             urls = urls + [None] * (len(storages) - len(urls))
-            entries[split] = [(self.resolve(s), u) for s, u in zip(storages, urls)]
+            entries[split] = [(self.resolve(s), u, s) for s, u in zip(storages, urls)]
         if not entries:
             raise ValueError(
                 f"{self.dataset_name}: no annotation files configured; set "
@@ -100,15 +115,14 @@ class ICLDatasetBuilder(BaseDatasetBuilder):
         """{split: [absolute annotation paths]}; a missing file is an error naming it (and its url)."""
         found = {}
         for split, entries in self._annotation_entries().items():
-            for path, url in entries:
+            for path, url, storage in entries:
                 if not os.path.isfile(path):
-                    hint = f" (not downloaded from {url}; see the log)" if url else ""
-                    raise FileNotFoundError(
-                        f"{self.dataset_name}: annotation file of split {split!r} not found: {path}{hint}. "
-                        f"Set datasets.{self.dataset_name}.build_info.annotations.{split}.storage, or "
-                        f"convert the official files with run_scripts/data/"
-                    )
-            found[split] = [path for path, _ in entries]
+                    download = f"It was not downloaded from {url} (see the log). " if url else ""
+                    raise self._missing(
+                        f"annotation file of split {split!r}", storage,
+                        f"{download}Set datasets.{self.dataset_name}.build_info.annotations.{split}.storage, "
+                        f"or convert the official files with run_scripts/data/ (docs/data.md)")
+            found[split] = [path for path, _, _ in entries]
         return found
 
     def media_root(self) -> str:
@@ -118,7 +132,8 @@ class ICLDatasetBuilder(BaseDatasetBuilder):
             raise ValueError(f"{self.dataset_name}: set build_info.{self.data_type}.storage (the media folder)")
         root = self.resolve(media.storage)
         if not os.path.isdir(root):
-            logging.warning("%s: media folder %s does not exist", self.dataset_name, root)
+            raise self._missing(f"{self.data_type} folder", media.storage,
+                                f"Set datasets.{self.dataset_name}.build_info.{self.data_type}.storage (docs/data.md)")
         return root
 
     def _download_data(self):
@@ -126,7 +141,7 @@ class ICLDatasetBuilder(BaseDatasetBuilder):
         from lavis.common.utils import download_url
 
         for split, entries in self._annotation_entries().items():
-            for path, url in entries:
+            for path, url, _ in entries:
                 if os.path.isfile(path) or not url:
                     continue
                 if os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -4,6 +4,8 @@ MSRVTT-QA release format of Xu et al. (2017) both QA converters read."""
 import json
 import os
 
+from tqdm import tqdm
+
 from lavis_mmict.atomic import write_json_atomic
 
 
@@ -32,7 +34,7 @@ def convert_xu_qa_splits(input_dir, output_dir, video_of, extra_fields=()):
     for split in ("train", "val", "test"):
         source = os.path.join(input_dir, f"{split}_qa.json")
         records = []
-        for index, record in enumerate(read_json(source)):
+        for index, record in enumerate(tqdm(read_json(source), desc=f"{split}_qa.json", unit="question")):
             missing = [k for k in XU_QA_FIELDS if k not in record]
             if missing:
                 raise ValueError(f"{source}: record {index} is missing {missing}")

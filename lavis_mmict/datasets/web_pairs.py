@@ -29,6 +29,7 @@ from lavis.common.registry import registry
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from PIL import Image
 from torch.utils.data import get_worker_info
+from tqdm import tqdm
 
 from lavis_mmict.atomic import atomic_output
 from lavis_mmict.datasets.icl_dataset import collate_icl_samples
@@ -262,7 +263,7 @@ class WebPairsICLBuilder(BaseDatasetBuilder):
 
 
 def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 16, seed: int = 0,
-                        size: int = 32, text_format: str = "json") -> List[str]:
+                        size: int = 32, text_format: str = "json", progress: bool = False) -> List[str]:
     """Write ``root/shard-{i:05d}.tar``: "web pages" of 4 consecutive image-text pairs each.
 
     Every page is one synthetic scene (see datasets/synthetic.py: a coloured shape and a hidden
@@ -271,6 +272,7 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
     query's code word can only be read from the pairs before it, as in AIM's interleaved data.
     ``text_format``: ``json`` (``{"caption": ...}``), ``txt``, or ``both``. Deterministic in its
     arguments; returns the shard paths (a finished shard with the same content is rewritten).
+    ``progress``: a progress bar (pages, with the time left) on stderr.
     """
     import cv2
 
@@ -281,6 +283,7 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
+    bar = tqdm(total=num_shards * pages_per_shard, desc="web shards", unit="page", disable=not progress)
     for shard_index in range(num_shards):
         path = os.path.join(root, f"shard-{shard_index:05d}.tar")
         with atomic_output(path) as temp_path, wds.TarWriter(temp_path) as writer:
@@ -297,7 +300,9 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
                     if text_format in ("json", "both"):
                         sample["json"] = {"caption": text, "page": page_index}
                     writer.write(sample)
+                bar.update()
         paths.append(path)
+    bar.close()
     return paths
 
 

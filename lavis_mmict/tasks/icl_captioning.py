@@ -24,6 +24,8 @@ Metrics: ``Bleu_1``..``Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr``, ``SPICE`` (
 pycocoevalcap reports them), ``num_images``, and ``agg_metrics`` = ``CIDEr + Bleu_4`` as LAVIS's
 captioning task.
 """
+import contextlib
+import io
 import json
 import logging
 import os
@@ -72,19 +74,31 @@ def load_ground_truth_file(path):
         except ValueError as error:
             raise ValueError(f"Caption ground-truth file {path} is not valid json: {error}") from None
     if isinstance(content, dict):
-        if "annotations" not in content:
-            raise ValueError(f"Caption ground-truth file {path}: a COCO-style file needs an 'annotations' list")
-        grouped = {}
-        for index, annotation in enumerate(content["annotations"]):
-            missing = [key for key in ("image_id", "caption") if key not in annotation]
-            if missing:
-                raise ValueError(f"Caption ground-truth file {path}: annotation {index} is missing {missing}")
-            grouped.setdefault(annotation["image_id"], []).extend(
-                _caption_list(annotation["caption"], f"{path}: annotation {index}"))
-        return grouped
+        return _coco_captions(content, path)
     if isinstance(content, list):
         return captions_from_records(content, where=path)
     raise ValueError(f"Caption ground-truth file {path} must hold a COCO-style object or a list of records")
+
+
+def _coco_captions(content, path):
+    """{image_id: [captions]} of a COCO-format caption file, indexed by pycocotools' ``COCO``."""
+    from pycocotools.coco import COCO
+
+    if "annotations" not in content:
+        raise ValueError(f"Caption ground-truth file {path}: a COCO-style file needs an 'annotations' list")
+    for index, annotation in enumerate(content["annotations"]):  # COCO would stop at a bare KeyError
+        missing = [key for key in ("image_id", "caption") if key not in annotation]
+        if missing:
+            raise ValueError(f"Caption ground-truth file {path}: annotation {index} is missing {missing}")
+        _caption_list(annotation["caption"], f"{path}: annotation {index}")
+    coco = COCO()
+    # annotation ids play no part in captions; numbered afresh, files without them are read too
+    coco.dataset = dict(content, annotations=[dict(a, id=i) for i, a in enumerate(content["annotations"])])
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+        coco.createIndex()
+    return {image_id: [caption for annotation in annotations
+                       for caption in _caption_list(annotation["caption"], path)]
+            for image_id, annotations in coco.imgToAnns.items()}
 
 
 def _sub_datasets(dataset):

@@ -19,7 +19,7 @@ def main():
     parser.add_argument("--text-format", default="json", choices=["json", "txt", "both"])
     args = parser.parse_args()
     paths = generate_web_shards(args.out, num_shards=args.shards, pages_per_shard=args.pages,
-                                seed=args.seed, size=args.size, text_format=args.text_format)
+                                seed=args.seed, size=args.size, text_format=args.text_format, progress=True)
     print(f"wrote {len(paths)} shards: {paths[0]} ... {paths[-1]}")
 
 

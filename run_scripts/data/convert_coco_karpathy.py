@@ -12,6 +12,8 @@ test one record per image with all its captions (``"caption": [...]``), as LAVIS
 import argparse
 import os
 
+from tqdm import tqdm
+
 from lavis_mmict.atomic import write_json_atomic
 from lavis_mmict.datasets.release_formats import read_json
 
@@ -20,7 +22,7 @@ SPLIT_OF = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
 def convert(input_path, output_dir):
     splits = {"train": [], "val": [], "test": []}
-    for index, image in enumerate(read_json(input_path)["images"]):
+    for index, image in enumerate(tqdm(read_json(input_path)["images"], desc="images", unit="image")):
         missing = [k for k in ("filepath", "filename", "split", "sentences", "cocoid") if k not in image]
         if missing:
             raise ValueError(f"{input_path}: image {index} is missing {missing}")

@@ -16,6 +16,8 @@ answer type (yes/no, number, other)}``.
 """
 import argparse
 
+from tqdm import tqdm
+
 from lavis_mmict.atomic import write_json_atomic
 from lavis_mmict.datasets.release_formats import read_json
 
@@ -32,7 +34,7 @@ def convert(questions_path, annotations_path, output_path):
         for annotation in read_json(annotations_path)["annotations"]:
             annotations[annotation["question_id"]] = annotation
     records = []
-    for index, question in enumerate(questions["questions"]):
+    for index, question in enumerate(tqdm(questions["questions"], desc=image_folder, unit="question")):
         record = {
             "question_id": question["question_id"],
             "question": question["question"],

@@ -15,6 +15,8 @@ import os
 import sys
 from multiprocessing import Pool
 
+from tqdm import tqdm
+
 from lavis_mmict.atomic import atomic_output
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".3gp")
@@ -59,12 +61,32 @@ def extract_all(videos_dir, output_dir, num_frames=16, size=256, workers=1):
     videos = sorted(os.path.join(videos_dir, name) for name in os.listdir(videos_dir)
                     if name.lower().endswith(VIDEO_EXTENSIONS))
     jobs = [(video, output_dir, num_frames, size) for video in videos]
-    if workers > 1:
-        with Pool(workers) as pool:
-            results = pool.starmap(extract_clip, jobs)
-    else:
-        results = [extract_clip(*job) for job in jobs]
-    return {video: error for video, error in results if error}
+    failures = {}
+    with tqdm(total=len(jobs), desc="extracting frames", unit="clip") as progress:  # with the time left
+        with Pool(workers) if workers > 1 else _InProcess() as pool:
+            for video, error in pool.imap_unordered(_extract_job, jobs):
+                if error:
+                    failures[video] = error
+                progress.update()
+    return dict(sorted(failures.items()))
+
+
+class _InProcess:
+    """``Pool``'s ``imap_unordered`` in this process (``--workers 1``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap_unordered(function, jobs):
+        return map(function, jobs)
+
+
+def _extract_job(job):
+    return extract_clip(*job)
 
 
 def main():
