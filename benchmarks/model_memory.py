@@ -46,6 +46,7 @@ def real_shape_config(arch, model_type, **overrides):
     cfg.vit_init = cfg.qformer_init = cfg.llm_init = "random"
     cfg.qformer_model = os.path.join(REPO_ROOT, "benchmarks", "assets", "qformer_base")  # BERT-base shapes
     cfg.pretrained, cfg.finetuned, cfg.load_finetuned = "", "", False
+    cfg.qformer_text_init = None  # the stage-1 text branch is weights too: random here
     for key, value in overrides.items():
         cfg[key] = value
     return cfg

@@ -42,7 +42,7 @@ def per_turn_loss(model, samples):
                 pieces += [model.llm_proj(demo_text), separator.unsqueeze(0)]
             query, _ = _one_item(model, samples["image"][b], samples["text_input"][b])
             prompt = model.prompt_segment([prompts[b]])
-            target = model.target_segment([samples["text_output"][b]])
+            target = model.target_segment([samples["text_output"][b]], [prompts[b]])
             dtype = prompt.embeds.dtype
             pieces += [model.llm_proj(query), prompt.embeds[0], target.embeds[0]]
             embeds = torch.cat([piece.to(dtype) for piece in pieces]).unsqueeze(0)

@@ -145,6 +145,8 @@ def dataset_keys(name):
     from lavis_mmict.datasets.builders import ICLDatasetBuilder
 
     builder = registry.get_builder_class(name)
+    if builder is None:  # not registered in this process: check_config_names reports it
+        return None
     base = schema.ICL_DATASET_KEYS if issubclass(builder, ICLDatasetBuilder) else None
     declared = _declared_keys(builder)
     if declared is None:
