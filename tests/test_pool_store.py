@@ -197,7 +197,9 @@ def test_precompute_similar_features_command_on_two_ranks(tmp_path):
                f"{prefix}.build_info.num_clips.test=2", f"{prefix}.build_info.storage={tmp_path / 'data'}",
                f"{prefix}.demonstrations.strategy=similar", f"{prefix}.demonstrations.feature_cache={tmp_path / 'sim'}",
                f"{prefix}.demonstrations.encoder.vit_model=tiny", f"{prefix}.demonstrations.encoder.image_size=32",
-               f"{prefix}.demonstrations.encoder.num_workers=1", f"run.output_dir={tmp_path / 'output'}"]
+               f"{prefix}.demonstrations.encoder.num_workers=1", f"run.output_dir={tmp_path / 'output'}",
+               # `similar` takes one demo per other clip: the 2-clip splits hold one other clip each
+               f"{prefix}.demonstrations.num=1"]
     result = torchrun("run_scripts/data/precompute_similar_features.py", "projects/mmict/demo.yaml", options)
     assert "similar features ready for" in result.stdout
     files = sorted(os.listdir(tmp_path / "sim"))
