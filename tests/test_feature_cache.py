@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from _batches import make_batch
 from _dataset_files import make_videoqa
-from lavis_mmict.datasets.icl_dataset import ICLDataset, collate_icl_samples
+from lavis_mmict.datasets.batching import collate_icl_samples
+from lavis_mmict.datasets.icl_dataset import ICLDataset
 from lavis_mmict.models.feature_cache import DemoFeatureCache
 from lavis_mmict.models.mmict_blip2 import MMICTBlip2
 

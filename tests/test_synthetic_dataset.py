@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from lavis_mmict.datasets.builders import SyntheticVideoQAICLBuilder
-from lavis_mmict.datasets.icl_dataset import ICLDataset, collate_icl_samples
+from lavis_mmict.datasets.batching import collate_icl_samples
+from lavis_mmict.datasets.icl_dataset import ICLDataset
 from lavis_mmict.datasets.media import MediaError, load_video_frames
 from lavis_mmict.datasets.synthetic import CODE_WORDS, SYNTHETIC_VOCABULARY, generate_synthetic_videoqa
 

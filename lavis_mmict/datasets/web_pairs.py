@@ -32,7 +32,7 @@ from torch.utils.data import get_worker_info
 from tqdm import tqdm
 
 from lavis_mmict.atomic import atomic_output
-from lavis_mmict.datasets.icl_dataset import collate_icl_samples
+from lavis_mmict.datasets.batching import collate_icl_samples
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
