@@ -20,6 +20,7 @@ from lavis_mmict.tasks.binary_metrics import average_precision, f1_score, roc_au
 from lavis_mmict.tasks.icl_classification import answer_label, classification_metrics
 from lavis_mmict.tasks.icl_vqa import unanswerability_metrics, vqa_accuracy
 from test_data_walkthroughs import run_commands
+from test_datasets_projects import build_from, load_script
 
 # ------------------------------------------------------------------ registered names
 
@@ -111,6 +112,42 @@ def test_classification_metrics_by_hand():
     assert metrics["num_samples"] == 5 and metrics["other_answers"] == pytest.approx(20.0)
     with pytest.raises(DataError, match="question_id 7: ground truth 'maybe' is neither"):
         classification_metrics([{"question_id": 7, "answer": "yes", "gt_answer": "maybe", "prob_positive": 0.5}])
+
+
+# ------------------------------------------------------------------ converters -> builders (in process)
+
+def test_vizwiz_conversion_builds_and_batches_carry_answerable(tmp_path):
+    releases.make_vizwiz_release(str(tmp_path))
+    written = load_script("convert_vizwiz").convert(str(tmp_path / "vizwiz" / "Annotations"), str(tmp_path / "ann"))
+    assert sorted(written) == ["test", "train", "val"]
+    datasets = build_from("vizwiz_icl", {s: written[s] for s in ("train", "val")}, str(tmp_path / "vizwiz"), "images")
+    val = datasets["val"]
+    batch = val.collater([val[i] for i in range(3)])
+    assert batch["answerable"] == [1, 0, 1] and batch["question_id"][1] == "VizWiz_val_00000001"
+    assert batch["text_output"][1].count("unanswerable") == 6 and batch["answer_type"][1] == "unanswerable"
+
+
+def test_hateful_memes_conversion_builds_and_names_a_bad_label(tmp_path):
+    releases.make_hateful_memes_release(str(tmp_path))
+    data = tmp_path / "hateful_memes" / "data"
+    written = load_script("convert_hateful_memes").convert(str(data), str(tmp_path / "ann"))
+    datasets = build_from("hateful_memes_icl", {"train": written["train"], "val": written["dev"]}, str(data), "images")
+    item = datasets["val"][0]
+    assert item["text_output"] == "yes" and item["question_id"] == 201 and item["image"].shape[-1] == 32
+    assert "meme number 201 says" in item["text_input"] and len(item["demo_text"]) == 1
+    with open(data / "dev.jsonl", "a") as f:
+        f.write(json.dumps({"id": 9, "img": "img/00009.png", "label": 2, "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"dev.jsonl: line 5 \(id 9\) has label 2, not 0 or 1"):
+        load_script("convert_hateful_memes").convert(str(data), str(tmp_path / "ann"))
+
+
+def test_flickr30k_conversion_builds_with_flickr30k_caption_icl(tmp_path):
+    releases.make_flickr30k_release(str(tmp_path))
+    written = load_script("convert_flickr30k_karpathy").convert(str(tmp_path / "dataset_flickr30k.json"),
+                                                                str(tmp_path / "ann"))
+    datasets = build_from("flickr30k_caption_icl", written, str(tmp_path), "images")
+    assert (len(datasets["train"]), len(datasets["val"]), len(datasets["test"])) == (8, 1, 2)
+    assert datasets["test"].captions_by_image_id["1000092800"] == ["A dog runs in field 5.", "a dog in field 5"]
 
 
 # ------------------------------------------------------------------ answer scoring (models/base.py)
