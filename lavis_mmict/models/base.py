@@ -329,18 +329,14 @@ class Blip2ICLModel(Blip2Base):
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
     def score_answers(self, samples, candidates, prompt=None):
-        """(B, C) log-probability of each candidate answer (``candidates``: C strings, the same for
-        every query) as the continuation of each query with its demonstrations, read as training
-        reads targets (answer + the family's end suffix, so "yes" means exactly "yes").
-
-        The prefix (demos, query visual tokens, prompt) is encoded once; each candidate is one
-        batched LLM call (C calls, C is small: 2 for yes/no).
-        """
+        """(B, C) log-probability of each of the C ``candidates`` (strings, the same for every query)
+        as the continuation of each query with its demonstrations, read as training reads targets
+        (answer + end suffix: "yes" means exactly "yes"). The prefix is encoded once; one batched
+        LLM call per candidate."""
         self.before_llm_call()
         with self.maybe_autocast(self.family.autocast_dtype):
             prompts = self.format_prompts(samples, prompt)
-            batch_size = len(prompts)
-            targets = [self.target_segment([candidate] * batch_size, prompts) for candidate in candidates]
+            targets = [self.target_segment([candidate] * len(prompts), prompts) for candidate in candidates]
             longest = max(int(target.mask.sum(dim=1).max()) for target in targets)
             prefix = self.prefix_segments(samples, prompt, following=0 if self.family.encoder_decoder else longest)
             scores = [llm_target_logprob(self.llm_model, prefix, target, self.family.encoder_decoder)
