@@ -156,7 +156,8 @@ WEB_PAIRS_DATASET_KEYS = {
 DATASET_KEYS = {
     **{name: ICL_DATASET_KEYS for name in (
         "videoqa_icl", "imageqa_icl", "caption_icl", "msvd_qa_icl", "msrvtt_qa_icl",
-        "msvd_caption_icl", "msrvtt_caption_icl", "coco_caption_icl", "vqav2_icl")},
+        "msvd_caption_icl", "msrvtt_caption_icl", "coco_caption_icl", "vqav2_icl",
+        "okvqa_icl", "vizwiz_icl", "hateful_memes_icl", "flickr30k_caption_icl")},
     "synthetic_videoqa_icl": SYNTHETIC_DATASET_KEYS,
     "web_pairs_icl": WEB_PAIRS_DATASET_KEYS,
 }
@@ -187,6 +188,8 @@ RUN_KEYS = {
     "num_beams": INT, "max_len": INT, "min_len": INT, "inference_method": STR, "prompt": opt(STR),
     "eval_log_freq": INT, "caption_metrics": STR_OR_LIST, "caption_tokenizer": STR,
     "caption_gt_files": opt(MAP),
+    # tasks/icl_classification.py
+    "positive_answer": STR, "negative_answer": STR,
     # config_checks.py: keys let through unchecked (plugins' own keys)
     "unchecked_keys": LIST,
 }

@@ -61,19 +61,26 @@ def adapt(command, name, output_dir):
     return command
 
 
-def run_walkthrough(name, tmp_path):
-    data_root, raw, output_dir = tmp_path / "lavis", tmp_path / "downloads", tmp_path / "output" / name
-    expected = MAKE_RELEASE[name](str(raw))
+def run_commands(name, data_root, raw, adapted, timeout=600):
+    """Run the walkthrough ``name``'s commands, each as ``adapted(command)``, with ``$LAVIS_CACHE_ROOT``
+    = data_root and ``$RAW`` = raw, offline; every one must succeed. Returns [(command, result)]."""
     env = dict(os.environ, LAVIS_CACHE_ROOT=str(data_root), RAW=str(raw), PYTHONPATH=REPO_ROOT,
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for name_ in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LAVIS_MMICT_EXTRA_IMPORTS"):
         env.pop(name_, None)
     outputs = []
     for command in walkthrough_commands(name):
-        result = subprocess.run(["bash", "-c", adapt(command, name, output_dir)], cwd=REPO_ROOT, env=env,
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run(["bash", "-c", adapted(command)], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True, timeout=timeout)
         assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         outputs.append((command, result))
+    return outputs
+
+
+def run_walkthrough(name, tmp_path):
+    data_root, raw, output_dir = tmp_path / "lavis", tmp_path / "downloads", tmp_path / "output" / name
+    expected = MAKE_RELEASE[name](str(raw))
+    outputs = run_commands(name, data_root, raw, lambda command: adapt(command, name, output_dir))
     return data_root, output_dir, expected, outputs
 
 

@@ -35,7 +35,7 @@ def pad_demo_images(images: List[torch.Tensor]) -> torch.Tensor:
 
 
 # Per-sample values passed through as lists, when the samples carry them.
-PASS_THROUGH_KEYS = ("question_id", "question_type", "answer_type", "video", "image_id")
+PASS_THROUGH_KEYS = ("question_id", "question_type", "answer_type", "answerable", "video", "image_id")
 
 
 def collate_icl_samples(samples: List[dict]) -> dict:

@@ -8,7 +8,10 @@
   same with default paths where LAVIS's own configs put those datasets;
 - ``caption_icl``: any caption file (``data_type: videos | images``); ``msvd_caption_icl``,
   ``msrvtt_caption_icl`` (videos) and ``coco_caption_icl`` (Karpathy split, images) likewise;
-- ``synthetic_videoqa_icl``: the embedded generated video-QA set.
+- ``synthetic_videoqa_icl``: the embedded generated video-QA set;
+- AIM's evaluation sets: ``okvqa_icl``, ``vizwiz_icl`` (image QA, 10 answers each; VizWiz's
+  records carry ``answerable``), ``hateful_memes_icl`` (image + meme text, answer yes/no, scored by
+  ``icl_classification``) and ``flickr30k_caption_icl`` (Karpathy split captions).
 
 Paths (``build_info.annotations.<split>.storage``, ``build_info.<videos|images>.storage``):
 absolute paths are used as given; relative ones are relative to ``build_info.root`` when set (a
@@ -291,6 +294,42 @@ class VQAv2ICLBuilder(ICLDatasetBuilder):
     dataset_name = "vqav2_icl"
     task_kind = "qa"
     DATASET_CONFIG_DICT = {"default": _config_path("vqav2_icl")}
+
+
+@registry.register_builder("okvqa_icl")
+class OKVQAICLBuilder(ICLDatasetBuilder):
+    """OK-VQA (COCO images, 10 answers; LAVIS's files, or run_scripts/data/convert_vqav2.py)."""
+
+    dataset_name = "okvqa_icl"
+    task_kind = "qa"
+    DATASET_CONFIG_DICT = {"default": _config_path("okvqa_icl")}
+
+
+@registry.register_builder("vizwiz_icl")
+class VizWizICLBuilder(ICLDatasetBuilder):
+    """VizWiz-VQA (10 answers incl. "unanswerable", ``answerable``; run_scripts/data/convert_vizwiz.py)."""
+
+    dataset_name = "vizwiz_icl"
+    task_kind = "qa"
+    DATASET_CONFIG_DICT = {"default": _config_path("vizwiz_icl")}
+
+
+@registry.register_builder("hateful_memes_icl")
+class HatefulMemesICLBuilder(ICLDatasetBuilder):
+    """Hateful Memes as yes/no QA on the meme text (run_scripts/data/convert_hateful_memes.py)."""
+
+    dataset_name = "hateful_memes_icl"
+    task_kind = "qa"
+    DATASET_CONFIG_DICT = {"default": _config_path("hateful_memes_icl")}
+
+
+@registry.register_builder("flickr30k_caption_icl")
+class Flickr30kCaptionICLBuilder(ICLDatasetBuilder):
+    """Flickr30k captions, Karpathy split (run_scripts/data/convert_flickr30k_karpathy.py)."""
+
+    dataset_name = "flickr30k_caption_icl"
+    task_kind = "caption"
+    DATASET_CONFIG_DICT = {"default": _config_path("flickr30k_caption_icl")}
 
 
 @registry.register_builder("synthetic_videoqa_icl")

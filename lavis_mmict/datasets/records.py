@@ -35,6 +35,9 @@ TASK_KINDS = ("qa", "caption")
 # The record field naming the media file, per LAVIS `data_type`.
 MEDIA_FIELD = {"videos": "video", "images": "image"}
 QA_FIELDS = ("question", "answer", "question_id")
+# Optional QA record fields passed on to the task: icl_vqa reports accuracy per question/answer
+# type, and VizWiz's unanswerability from `answerable` (0/1).
+ANSWER_BREAKDOWN_FIELDS = ("question_type", "answer_type", "answerable")
 # Caption prompt of the query when none is configured.
 DEFAULT_CAPTION_PROMPTS = {"videos": ["A short video caption:"], "images": ["A short image caption:"]}
 
@@ -302,7 +305,7 @@ class MediaRecordDataset(BaseDataset):
                 "text_output": answer,
                 "question_id": record["question_id"],
             }
-            for field in ("question_type", "answer_type"):  # the task reports accuracy per type
+            for field in ANSWER_BREAKDOWN_FIELDS:  # the task reports accuracy per type, answerability
                 if field in record:
                     item[field] = record[field]
             if self.data_type == "images":

@@ -50,3 +50,41 @@ def convert_xu_qa_splits(input_dir, output_dir, video_of, extra_fields=()):
         written[split] = os.path.join(output_dir, f"qa_{split}.json")
         write_json_atomic(written[split], records)
     return written
+
+
+# Karpathy's caption splits (dataset_coco.json, dataset_flickr30k.json): train + restval train.
+KARPATHY_SPLIT_OF = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+
+
+def karpathy_split_records(input_path, image_path, image_id, required=("filename", "split", "sentences")):
+    """{train, val, test: LAVIS caption records} of a Karpathy split json.
+
+    ``image_path(image)`` / ``image_id(image)``: the record's media path and id from one entry of
+    ``images`` (the datasets differ only there); ``required``: fields every entry must have.
+    Training gives one record per caption ``{"image", "caption", "image_id"}``; val and test one
+    record per image with all its captions, as LAVIS's files.
+    """
+    splits = {"train": [], "val": [], "test": []}
+    for index, image in enumerate(tqdm(read_json(input_path)["images"], desc="images", unit="image")):
+        missing = [k for k in required if k not in image]
+        if missing:
+            raise ValueError(f"{input_path}: image {index} is missing {missing}")
+        split = KARPATHY_SPLIT_OF.get(image["split"])
+        if split is None:
+            raise ValueError(f"{input_path}: image {index} has unknown split {image['split']!r}")
+        path, ident = image_path(image), image_id(image)
+        captions = [sentence["raw"].strip() for sentence in image["sentences"]]
+        if split == "train":
+            splits[split] += [{"image": path, "caption": caption, "image_id": ident} for caption in captions]
+        else:
+            splits[split].append({"image": path, "caption": captions, "image_id": ident})
+    return splits
+
+
+def write_split_files(records_by_split, output_dir, file_name):
+    """Write each split's records to ``<output_dir>/<file_name.format(split=...)>``; {split: path}."""
+    written = {}
+    for split, records in records_by_split.items():
+        written[split] = os.path.join(output_dir, file_name.format(split=split))
+        write_json_atomic(written[split], records)
+    return written

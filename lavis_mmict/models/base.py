@@ -25,7 +25,8 @@ from lavis.models.blip2_models.blip2 import Blip2Base
 
 from lavis_mmict.checkpoints import load_trainable_state_dict, read_checkpoint
 from lavis_mmict.errors import ConfigError
-from lavis_mmict.models.sequence import IGNORE_INDEX, Segment, demo_segment, fit_demos, llm_generate, llm_loss
+from lavis_mmict.models.sequence import (
+    IGNORE_INDEX, Segment, demo_segment, fit_demos, llm_generate, llm_loss, llm_target_logprob)
 
 # The token that closes each demonstration (OpenFlamingo's), one token of the LLM tokenizer.
 SEPARATOR_TOKEN = "<|endofchunk|>"
@@ -326,6 +327,22 @@ class Blip2ICLModel(Blip2Base):
         return {"loss": loss}
 
     # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def score_answers(self, samples, candidates, prompt=None):
+        """(B, C) log-probability of each of the C ``candidates`` (strings, the same for every query)
+        as the continuation of each query with its demonstrations, read as training reads targets
+        (answer + end suffix: "yes" means exactly "yes"). The prefix is encoded once; one batched
+        LLM call per candidate."""
+        self.before_llm_call()
+        with self.maybe_autocast(self.family.autocast_dtype):
+            prompts = self.format_prompts(samples, prompt)
+            targets = [self.target_segment([candidate] * len(prompts), prompts) for candidate in candidates]
+            longest = max(int(target.mask.sum(dim=1).max()) for target in targets)
+            prefix = self.prefix_segments(samples, prompt, following=0 if self.family.encoder_decoder else longest)
+            scores = [llm_target_logprob(self.llm_model, prefix, target, self.family.encoder_decoder)
+                      for target in targets]
+        return torch.stack(scores, dim=1)
+
     @torch.no_grad()
     def generate(
         self,

@@ -111,6 +111,25 @@ def llm_loss(llm, prefix: List[Segment], target: Segment, encoder_decoder: bool)
     prefix: segments the LLM conditions on; target: a Segment with ``labels`` (B, Lt).
     Returns (loss, inputs) where inputs are the keyword arguments the LLM received.
     """
+    inputs = _llm_target_inputs(prefix, target, encoder_decoder)
+    return llm(**inputs, return_dict=True).loss, inputs
+
+
+def llm_target_logprob(llm, prefix: List[Segment], target: Segment, encoder_decoder: bool) -> torch.Tensor:
+    """(B,) log-probability of each sample's target tokens after its prefix: the sum over the
+    target's labelled tokens of log p(token | everything before it), in float32."""
+    inputs = _llm_target_inputs(prefix, target, encoder_decoder)
+    labels = inputs["labels"] if encoder_decoder else inputs.pop("labels")  # T5 builds its decoder input from them
+    logits = llm(**inputs, return_dict=True).logits.float()
+    if not encoder_decoder:  # position t predicts token t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    labelled = labels != IGNORE_INDEX
+    token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logprobs * labelled).sum(dim=1)
+
+
+def _llm_target_inputs(prefix: List[Segment], target: Segment, encoder_decoder: bool) -> dict:
+    """The LLM's keyword arguments for reading ``target`` after ``prefix``, ``labels`` included."""
     if encoder_decoder:
         packed = pack_segments(prefix, padding_side="right")
         labels = target.labels.masked_fill(~target.mask.bool(), IGNORE_INDEX)
@@ -119,7 +138,7 @@ def llm_loss(llm, prefix: List[Segment], target: Segment, encoder_decoder: bool)
     else:
         packed = pack_segments(list(prefix) + [target], padding_side="right")
         inputs = dict(inputs_embeds=packed.embeds, attention_mask=packed.attention_mask, labels=packed.labels)
-    return llm(**inputs, return_dict=True).loss, inputs
+    return inputs
 
 
 def llm_generate(llm, prefix: List[Segment], encoder_decoder: bool, max_new_tokens: int, min_new_tokens: int = 1,

@@ -19,7 +19,8 @@ Run config keys (all optional): ``num_beams`` (1), ``max_len`` (10), ``min_len``
 ``inference_method`` ("generate"), ``prompt`` ("" = the model's own prompt), ``eval_log_freq`` (10).
 
 Metrics (percent): ``agg_metrics`` = ``acc``, ``num_questions``, and when the data has them
-``acc_<question_type>`` and ``acc_answer_type_<answer_type>``. Every rank predicts its shard;
+``acc_<question_type>``, ``acc_answer_type_<answer_type>`` and (VizWiz's ``answerable``)
+``unanswerable_ap``, ``unanswerable_f1`` (:func:`unanswerability_metrics`). Every rank predicts its shard;
 the merged ``result/<split>_epoch<epoch>.json`` holds each question id once; rank 0 scores it.
 """
 import logging
@@ -27,9 +28,14 @@ import logging
 from lavis.common.registry import registry
 from lavis.common.vqa_tools.vqa_eval import VQAEval
 
+from lavis_mmict.datasets.records import ANSWER_BREAKDOWN_FIELDS
+from lavis_mmict.tasks.binary_metrics import average_precision, f1_score
 from lavis_mmict.tasks.evaluation import ICLEvalTask, plain
 
-__all__ = ["ICLVQATask", "normalize_answer", "answer_score", "vqa_accuracy"]
+__all__ = ["ICLVQATask", "normalize_answer", "answer_score", "vqa_accuracy", "unanswerability_metrics"]
+
+#: the answer VizWiz's annotators give when a question cannot be answered from the image
+UNANSWERABLE = "unanswerable"
 
 # The official tables and punctuation step (VQAEval needs no annotations for these).
 _OFFICIAL = VQAEval()
@@ -107,7 +113,30 @@ def vqa_accuracy(records):
     metrics = {"agg_metrics": acc, "acc": acc, "num_questions": count}
     for name in sorted(groups):
         metrics[name] = _mean_percent(groups[name])
+    metrics.update(unanswerability_metrics(records))
     return metrics
+
+
+def unanswerability_metrics(records):
+    """VizWiz's unanswerability metrics (percent) over the records that carry ``answerable``.
+
+    As VizWiz's official evaluation: the positive class is *unanswerable* (``1 - answerable``),
+    scored by ``1 - predicted answerability``; a generated answer gives a hard prediction,
+    unanswerable iff it normalises to "unanswerable". Returns ``unanswerable_ap`` (average
+    precision; with a 0/1 score it is R1 * P1 + (1 - R1) * share of unanswerable questions) and
+    ``unanswerable_f1`` (F1 of predicting unanswerable), or {} when no record has ``answerable``.
+    Each question id once (the first record wins).
+    """
+    seen, truth, predicted = set(), [], []
+    for record in records:
+        if record.get("answerable") is None or record["question_id"] in seen:
+            continue
+        seen.add(record["question_id"])
+        truth.append(1 - int(record["answerable"]))
+        predicted.append(int(normalize_answer(record["answer"]) == UNANSWERABLE))
+    if not truth:
+        return {}
+    return {"unanswerable_ap": average_precision(truth, predicted), "unanswerable_f1": f1_score(truth, predicted)}
 
 
 @registry.register_task("icl_vqa")
@@ -162,7 +191,7 @@ class ICLVQATask(ICLEvalTask):
                 "answer": answer,
                 "gt_answer": plain(gt_answers[i]) if gt_answers is not None else None,
             }
-            for field in ("question_type", "answer_type"):
+            for field in ANSWER_BREAKDOWN_FIELDS:
                 if samples.get(field) is not None:
                     record[field] = plain(samples[field][i])
             records.append(record)

@@ -10,36 +10,15 @@ record per caption ``{"image": "val2014/COCO_val2014_....jpg", "caption", "image
 test one record per image with all its captions (``"caption": [...]``), as LAVIS's files.
 """
 import argparse
-import os
 
-from tqdm import tqdm
-
-from lavis_mmict.atomic import write_json_atomic
-from lavis_mmict.datasets.release_formats import read_json
-
-SPLIT_OF = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+from lavis_mmict.datasets.release_formats import karpathy_split_records, write_split_files
 
 
 def convert(input_path, output_dir):
-    splits = {"train": [], "val": [], "test": []}
-    for index, image in enumerate(tqdm(read_json(input_path)["images"], desc="images", unit="image")):
-        missing = [k for k in ("filepath", "filename", "split", "sentences", "cocoid") if k not in image]
-        if missing:
-            raise ValueError(f"{input_path}: image {index} is missing {missing}")
-        split = SPLIT_OF.get(image["split"])
-        if split is None:
-            raise ValueError(f"{input_path}: image {index} has unknown split {image['split']!r}")
-        path = f"{image['filepath']}/{image['filename']}"
-        captions = [sentence["raw"].strip() for sentence in image["sentences"]]
-        if split == "train":
-            splits[split] += [{"image": path, "caption": caption, "image_id": image["cocoid"]} for caption in captions]
-        else:
-            splits[split].append({"image": path, "caption": captions, "image_id": image["cocoid"]})
-    written = {}
-    for split, records in splits.items():
-        written[split] = os.path.join(output_dir, f"coco_karpathy_{split}.json")
-        write_json_atomic(written[split], records)
-    return written
+    splits = karpathy_split_records(
+        input_path, image_path=lambda image: f"{image['filepath']}/{image['filename']}",
+        image_id=lambda image: image["cocoid"], required=("filepath", "filename", "split", "sentences", "cocoid"))
+    return write_split_files(splits, output_dir, "coco_karpathy_{split}.json")
 
 
 def main():

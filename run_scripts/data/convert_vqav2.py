@@ -1,4 +1,9 @@
-"""Convert the official VQAv2 files to the LAVIS json `vqav2_icl` reads.
+"""Convert the official VQAv2 files (or OK-VQA's, in the same format) to the LAVIS json `vqav2_icl`
+(`okvqa_icl`) reads.
+
+OK-VQA (https://okvqa.allenai.org/download.html): ``OpenEnded_mscoco_<split>2014_questions.json`` and
+``mscoco_<split>2014_annotations.json``; each answer's ``answer`` field is used (as in LAVIS's
+okvqa files), not ``raw_answer``.
 
 Input (https://visualqa.org/download.html): ``v2_OpenEnded_mscoco_<split>2014_questions.json``
 and, for train/val, ``v2_mscoco_<split>2014_annotations.json``; test-dev/test questions
