@@ -85,6 +85,26 @@ def test_aim_loads_a_lavis_blip2_opt_file_strictly(lavis_opt_file):
                        state["Qformer.bert.encoder.layer.0.crossattention.self.key.bias"])
 
 
+def test_a_runner_checkpoint_without_buffers_loads_as_a_base(tmp_path):
+    """`make demo`'s AIM base is trained by train.py, whose checkpoints hold trainable parameters
+    only: the buffers the model builds (position_ids) are not in them and are not missing."""
+    from lavis_mmict.checkpoints import trainable_state_dict
+
+    base = build_aim()
+    for parameter in base.parameters():
+        parameter.requires_grad_(True)
+    state = trainable_state_dict(base)
+    assert "Qformer.bert.embeddings.position_ids" in base.state_dict() and not any("position_ids" in k for k in state)
+    path = tmp_path / "checkpoint_400.pth"
+    torch.save({"model": state}, path)
+    loaded = build_aim(pretrained=str(path))
+    assert torch.equal(loaded.opt_proj.weight, base.opt_proj.weight)
+    del state["opt_proj.weight"]  # a parameter missing is still refused
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match="opt_proj.weight"):
+        build_aim(pretrained=str(path))
+
+
 def test_a_text_file_as_checkpoint_is_a_checkpoint_error_naming_it(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("these are my notes, not a checkpoint\n")

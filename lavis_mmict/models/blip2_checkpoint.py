@@ -8,7 +8,8 @@ Strict loading (``check_coverage``): after a checkpoint is loaded every paramete
 from it or from a named source: the vision encoder's and the LLM's own weights (frozen; built from
 ``vit_weights`` / ``llm_model``, or randomly by ``vit_init`` / ``llm_init``), the Q-Former's text
 branch from ``model.qformer_text_init`` (LAVIS's stage-1 ``blip2_pretrained.pth``; stage-2 files lack
-it), and the separator. Anything else missing, any key the model does not have and any shape that
+it), the separator, and the buffers the model builds itself (``position_ids``: constants, absent from
+our runner's checkpoints, which hold trainable parameters only). Anything else missing, any key the model does not have and any shape that
 differs is a :class:`CheckpointError` naming the file and the keys, raised before the model changes.
 """
 import logging
@@ -80,6 +81,14 @@ def fit_vocabulary_rows(state_dict, own_state):
     return fitted
 
 
+def own_buffers_source(model):
+    """``check_coverage`` source: the model's buffers (constants it builds, e.g. ``position_ids``),
+    which runner checkpoints (trainable parameters only) do not hold."""
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    buffers = {name for name, _ in model.named_buffers()} - parameters
+    return {"the model's own buffers": lambda key: key in buffers}
+
+
 def check_coverage(path, config_key, state_dict, own_state, sources):
     """Raise CheckpointError unless ``state_dict`` fits the model: no unknown key, no other shape, and
     every model key it lacks is accounted for by ``sources`` ({source name: predicate on a key}).
@@ -135,7 +144,8 @@ def load_same_names(model, url_or_path, description, config_key, skip=(), source
     path, state_dict = read_state_dict(url_or_path, description, config_key)
     own = model.state_dict()
     usable = fit_vocabulary_rows({k: v for k, v in state_dict.items() if k not in skip}, own)
-    sources = dict(sources or {}, **{"the model's own parameters (skipped)": lambda key: key in skip})
+    sources = dict(sources or {}, **own_buffers_source(model),
+                   **{"the model's own parameters (skipped)": lambda key: key in skip})
     counts = check_coverage(path, config_key, usable, own, sources)
     model.load_state_dict(usable, strict=False)
     logging.info("loaded %s: %s", path, counts)

@@ -28,7 +28,8 @@ from lavis_mmict.models.base import (
     LLM_FAMILIES, SEPARATOR_TOKEN, Blip2ICLModel, EncodedBatch, check_choice, query_clips,
 )
 from lavis_mmict.models.blip2_checkpoint import (
-    QFORMER_TEXT_BRANCH, check_coverage, fit_vocabulary_rows, map_lavis_keys, read_qformer_text_branch, read_state_dict,
+    QFORMER_TEXT_BRANCH, check_coverage, fit_vocabulary_rows, map_lavis_keys, own_buffers_source,
+    read_qformer_text_branch, read_state_dict,
 )
 from lavis_mmict.models.feature_cache import DemoFeatureCache, cache_from_config
 from lavis_mmict.models.mhub import MultiModalHub
@@ -224,6 +225,7 @@ class MMICTBlip2(Blip2ICLModel):
             "the LLM's own weights": lambda key: key.startswith("llm_model."),
             "model.qformer_text_init": lambda key: key in text_init_keys,
             "the LLM's separator row": lambda key: key == "separator_embed",
+            **own_buffers_source(self),
         })
         result = self.load_state_dict(state_dict, strict=False)
         logging.info("loaded %s; parameters by source: %s", path, counts)
