@@ -135,7 +135,7 @@ def test_template_formats_annotation_fields_and_names_missing_ones():
     assert format_demo_text("Question: {question} Short answer: {answer}", record) == (
         "Question: what color is it? Short answer: red"
     )
-    with pytest.raises(KeyError, match="caption"):
+    with pytest.raises(ConfigError, match="caption"):  # a UserError: one line in train.py
         format_demo_text("{caption}", record)
 
 

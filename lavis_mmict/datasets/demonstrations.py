@@ -91,7 +91,7 @@ class DemonstrationConfig:
         valid_keys = tuple(cls.__dataclass_fields__)
         unknown = sorted(set(values) - set(valid_keys))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown key(s) {unknown} under `demonstrations:`; valid keys are {list(valid_keys)}"
             )
         config = cls(**values)
@@ -100,33 +100,33 @@ class DemonstrationConfig:
 
     def validate(self):
         if self.strategy not in SAMPLER_CLASSES:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown demonstrations.strategy {self.strategy!r}; "
                 f"valid strategies are {sorted(SAMPLER_CLASSES)}"
             )
         if self.pool not in VALID_POOLS:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown demonstrations.pool {self.pool!r}; valid pools are {list(VALID_POOLS)}"
             )
         if not isinstance(self.num, int) or self.num < 0:
-            raise ValueError(f"demonstrations.num must be an integer >= 0, got {self.num!r}")
+            raise ConfigError(f"demonstrations.num must be an integer >= 0, got {self.num!r}")
         if self.num_min is not None and (
             not isinstance(self.num_min, int) or not 0 <= self.num_min <= self.num
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"demonstrations.num_min must be an integer in [0, num = {self.num}], "
                 f"got {self.num_min!r}"
             )
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"demonstrations.seed must be an integer >= 0, got {self.seed!r}")
+            raise ConfigError(f"demonstrations.seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.template, str):
-            raise ValueError(f"demonstrations.template must be a string, got {self.template!r}")
+            raise ConfigError(f"demonstrations.template must be a string, got {self.template!r}")
         if self.fallback not in VALID_FALLBACKS:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown demonstrations.fallback {self.fallback!r}; valid: {list(VALID_FALLBACKS)}"
             )
         if not isinstance(self.encoder, dict):
-            raise ValueError(f"demonstrations.encoder must be a mapping, got {self.encoder!r}")
+            raise ConfigError(f"demonstrations.encoder must be a mapping, got {self.encoder!r}")
         from lavis_mmict.datasets.similarity import EncoderConfig  # noqa: avoids an import cycle
 
         EncoderConfig.from_config(self.encoder)  # unknown encoder keys fail here, at config time
@@ -148,7 +148,7 @@ def format_demo_text(template: str, record: dict) -> str:
     try:
         return template.format(**fields)
     except KeyError as missing:
-        raise KeyError(
+        raise ConfigError(
             f"Demonstration template {template!r} uses field {missing} which the record lacks; "
             f"record fields: {sorted(record)}"
         ) from None
@@ -384,6 +384,6 @@ def _source_field(records: Sequence[dict], name: str) -> str:
     for field in SOURCE_FIELDS:
         if records and all(field in record for record in records):
             return field
-    raise ValueError(
+    raise ConfigError(
         f"{name}: same_source demonstrations need every record to have one of {list(SOURCE_FIELDS)}"
     )

@@ -29,7 +29,7 @@ import torch
 from lavis.datasets.datasets.base_dataset import BaseDataset
 
 from lavis_mmict.datasets.media import MediaError, load_visual
-from lavis_mmict.errors import DataError, UserError
+from lavis_mmict.errors import ConfigError, DataError, UserError
 
 TASK_KINDS = ("qa", "caption")
 # The record field naming the media file, per LAVIS `data_type`.
@@ -49,7 +49,7 @@ def required_fields(data_type: str) -> tuple:
 
 def media_field_for(data_type: str) -> str:
     if data_type not in MEDIA_FIELD:
-        raise ValueError(f"Unknown data_type {data_type!r}; valid: {sorted(MEDIA_FIELD)}")
+        raise ConfigError(f"Unknown data_type {data_type!r}; valid: {sorted(MEDIA_FIELD)}")
     return MEDIA_FIELD[data_type]
 
 
@@ -230,7 +230,7 @@ class MediaRecordDataset(BaseDataset):
     ):
         super().__init__(vis_processor, text_processor, vis_root, ann_paths=[])
         if task_kind not in TASK_KINDS:
-            raise ValueError(f"{name}: unknown task kind {task_kind!r}; valid: {list(TASK_KINDS)}")
+            raise ConfigError(f"{name}: unknown task kind {task_kind!r}; valid: {list(TASK_KINDS)}")
         self.task_kind = task_kind
         self.data_type = data_type
         self.media_field = media_field_for(data_type)

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from lavis_mmict.atomic import atomic_output, write_json_atomic
+from lavis_mmict.errors import ConfigError
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -80,7 +81,7 @@ def generate_synthetic_videoqa(
     num_clips = dict(DEFAULT_NUM_CLIPS if num_clips is None else num_clips)
     unknown_splits = sorted(set(num_clips) - set(SPLITS))
     if unknown_splits:
-        raise ValueError(f"Unknown split(s) {unknown_splits} in num_clips; valid: {list(SPLITS)}")
+        raise ConfigError(f"Unknown split(s) {unknown_splits} in num_clips; valid: {list(SPLITS)}")
     parameters = {
         "version": GENERATOR_VERSION,
         "seed": int(seed),

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from lavis_mmict.atomic import atomic_output
 from lavis_mmict.datasets.batching import collate_icl_samples
+from lavis_mmict.errors import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -143,9 +144,9 @@ class WebPairsICLDataset:
                  text_field="caption", demo_template="{text}", shuffle_buffer=100, seed=0,
                  on_error="skip", endless=True):
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if int(num_demos) < 0:
-            raise ValueError(f"demonstrations.num must be >= 0, got {num_demos}")
+            raise ConfigError(f"demonstrations.num must be >= 0, got {num_demos}")
         self.urls = expand_shards(shards)
         self.vis_processor = vis_processor
         self.demo_vis_processor = demo_vis_processor
@@ -237,11 +238,11 @@ class WebPairsICLBuilder(BaseDatasetBuilder):
         demo_cfg = dict(self.config.get("demonstrations") or {})
         unknown = sorted(set(demo_cfg) - {"num"})
         if unknown:
-            raise ValueError(f"{self.dataset_name}: unknown key(s) under demonstrations: {unknown}; "
+            raise ConfigError(f"{self.dataset_name}: unknown key(s) under demonstrations: {unknown}; "
                              f"valid: ['num'] (demos are the K pairs before the query in a shard)")
         shards = self.config.build_info.get("shards")
         if shards is None:
-            raise ValueError(f"{self.dataset_name}: build_info.shards is not set")
+            raise ConfigError(f"{self.dataset_name}: build_info.shards is not set")
         dataset = WebPairsICLDataset(
             shards=shards if isinstance(shards, str) else list(shards),
             vis_processor=self.vis_processors["train"],
@@ -279,7 +280,7 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
     from lavis_mmict.datasets.synthetic import QUESTIONS, _random_clip, render_clip_frames
 
     if text_format not in ("json", "txt", "both"):
-        raise ValueError(f"text_format must be json, txt or both, got {text_format!r}")
+        raise ConfigError(f"text_format must be json, txt or both, got {text_format!r}")
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []

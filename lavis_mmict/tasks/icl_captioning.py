@@ -38,6 +38,7 @@ from lavis_mmict.tasks.caption_metrics import (
     resolve_metrics,
 )
 from lavis_mmict.tasks.evaluation import ICLEvalTask, plain
+from lavis_mmict.errors import ConfigError, DataError
 
 __all__ = ["ICLCaptionTask", "aggregate_caption_score", "captions_from_records", "load_ground_truth_file", "dataset_ground_truth"]
 
@@ -47,7 +48,7 @@ TOKENIZERS = ("auto", "ptb", "python")
 def _caption_list(value, where):
     captions = value if isinstance(value, list) else [value]
     if not captions or not all(isinstance(caption, str) for caption in captions):
-        raise ValueError(f"{where}: 'caption' must be a string or a non-empty list of strings, got {value!r}")
+        raise DataError(f"{where}: 'caption' must be a string or a non-empty list of strings, got {value!r}")
     return captions
 
 
@@ -56,10 +57,10 @@ def captions_from_records(records, where="annotation"):
     grouped = {}
     for index, record in enumerate(records):
         if "caption" not in record:
-            raise ValueError(f"{where}: record {index} has no 'caption' field")
+            raise DataError(f"{where}: record {index} has no 'caption' field")
         image_id = record.get("image_id", record.get("image", record.get("video")))
         if image_id is None:
-            raise ValueError(f"{where}: record {index} has no 'image_id' (nor an 'image'/'video' path)")
+            raise DataError(f"{where}: record {index} has no 'image_id' (nor an 'image'/'video' path)")
         grouped.setdefault(image_id, []).extend(_caption_list(record["caption"], f"{where}: record {index}"))
     return grouped
 
@@ -72,12 +73,12 @@ def load_ground_truth_file(path):
         try:
             content = json.load(f)
         except ValueError as error:
-            raise ValueError(f"Caption ground-truth file {path} is not valid json: {error}") from None
+            raise DataError(f"Caption ground-truth file {path} is not valid json: {error}") from None
     if isinstance(content, dict):
         return _coco_captions(content, path)
     if isinstance(content, list):
         return captions_from_records(content, where=path)
-    raise ValueError(f"Caption ground-truth file {path} must hold a COCO-style object or a list of records")
+    raise DataError(f"Caption ground-truth file {path} must hold a COCO-style object or a list of records")
 
 
 def _coco_captions(content, path):
@@ -85,11 +86,11 @@ def _coco_captions(content, path):
     from pycocotools.coco import COCO
 
     if "annotations" not in content:
-        raise ValueError(f"Caption ground-truth file {path}: a COCO-style file needs an 'annotations' list")
+        raise DataError(f"Caption ground-truth file {path}: a COCO-style file needs an 'annotations' list")
     for index, annotation in enumerate(content["annotations"]):  # COCO would stop at a bare KeyError
         missing = [key for key in ("image_id", "caption") if key not in annotation]
         if missing:
-            raise ValueError(f"Caption ground-truth file {path}: annotation {index} is missing {missing}")
+            raise DataError(f"Caption ground-truth file {path}: annotation {index} is missing {missing}")
         _caption_list(annotation["caption"], f"{path}: annotation {index}")
     coco = COCO()
     # annotation ids play no part in captions; numbered afresh, files without them are read too
@@ -123,7 +124,7 @@ def dataset_ground_truth(dataset):
                 for key, captions in load_ground_truth_file(path).items():
                     part.setdefault(key, []).extend(captions)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"Dataset {name} exposes no caption ground truth (captions_by_image_id, annotation "
                 f"or annotation_paths); set run.caption_gt_files.<split>"
             )
@@ -160,9 +161,9 @@ class ICLCaptionTask(ICLEvalTask):
         self.min_len = min_len
         self.prompt = prompt
         if caption_tokenizer not in TOKENIZERS:
-            raise ValueError(f"run.caption_tokenizer must be one of {TOKENIZERS}, got {caption_tokenizer!r}")
+            raise ConfigError(f"run.caption_tokenizer must be one of {TOKENIZERS}, got {caption_tokenizer!r}")
         if caption_tokenizer == "ptb" and not java_available():
-            raise ValueError("run.caption_tokenizer = ptb needs java (e.g. apt-get install default-jre-headless)")
+            raise ConfigError("run.caption_tokenizer = ptb needs java (e.g. apt-get install default-jre-headless)")
         self.use_java = {"auto": None, "ptb": True, "python": False}[caption_tokenizer]
         if self.use_java is None and not java_available():
             logging.warning(
@@ -211,7 +212,7 @@ class ICLCaptionTask(ICLEvalTask):
         if split_name in self.caption_gt_files:
             return load_ground_truth_file(self.caption_gt_files[split_name]), self.caption_gt_files[split_name]
         if self.eval_dataset is None:
-            raise ValueError(
+            raise ConfigError(
                 f"No ground truth for split {split_name!r}: no dataset was evaluated "
                 f"(before_evaluation) and run.caption_gt_files.{split_name} is not set"
             )
@@ -224,7 +225,7 @@ class ICLCaptionTask(ICLEvalTask):
         predictions = {_id_key(r["image_id"]): str(r["caption"]) for r in results}
         unknown = [key for key in predictions if key not in references]
         if unknown:
-            raise ValueError(
+            raise DataError(
                 f"{split_name}: {len(unknown)} predicted image_id(s) have no ground-truth caption in "
                 f"{source}, e.g. {unknown[:5]}"
             )
