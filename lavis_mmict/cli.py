@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import sys
+import time
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ from lavis.common.dist_utils import get_rank, get_world_size, is_main_process
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from omegaconf import OmegaConf
-from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
 from lavis_mmict.backbones import MissingWeightsError
 from lavis_mmict.checkpoints import CheckpointError
@@ -159,10 +159,23 @@ def report_user_error(error, script="train.py", message=None):
     torchrun reads for its failure summary; then exit with status 1."""
     rank = os.environ.get("RANK")
     prefix = f"{script}: error" + (f" (rank {rank})" if rank is not None else "")
-    sys.stderr.write(f"{prefix}: {message or error}\n")
+    line = f"{prefix}: {message or error}"
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
-    get_error_handler().record_exception(error)  # only writes when torchrun asked for it
+    _record_for_torchrun(line)
     raise SystemExit(1)
+
+
+def _record_for_torchrun(line):
+    """Under torchrun, its failure summary prints the rank's error file (its "traceback" field):
+    write the one line there, not the traceback ``record_exception`` would write."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    # torchelastic's error-file format (torch.distributed.elastic.multiprocessing.errors)
+    payload = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    with open(path, "w") as file:
+        json.dump(payload, file)
 
 
 def run_main(script, work, debug=False):

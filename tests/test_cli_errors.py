@@ -61,6 +61,21 @@ def test_config_typo_is_one_line_and_debug_shows_the_traceback(tmp_path):
 
 
 @pytest.mark.slow
+def test_config_typo_under_torchrun_is_one_line_in_its_failure_summary(tmp_path):
+    """torchrun prints each failed rank's error file: the one line, not our traceback."""
+    from _subprocesses import torchrun_command
+
+    command = torchrun_command(DEMO_CFG, "run.max_epochs=5", f"run.output_dir={tmp_path / 'out'}")
+    result = subprocess.run(command, env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    summary = output[output.index("Root Cause"):]
+    assert "traceback : train.py: error (rank " in summary and "did you mean `run.max_epoch`?" in summary
+    assert "lavis_mmict" not in summary and 'File "' not in summary, summary  # no traceback of ours
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["duplicate_ids", "empty_answer", "small_train", "frame_size",
                                   "missing_checkpoint", "unlabelled_val"])
 def test_user_errors_of_data_and_checkpoints_are_one_line(tmp_path, case):
