@@ -1,6 +1,7 @@
 """Readers of the official dataset releases, for the converters in ``run_scripts/data/`` (which
 write LAVIS's annotation json from them): json reading, the question type, and the MSVD-QA /
 MSRVTT-QA release format of Xu et al. (2017) both QA converters read."""
+import argparse
 import json
 import os
 
@@ -88,3 +89,14 @@ def write_split_files(records_by_split, output_dir, file_name):
         written[split] = os.path.join(output_dir, file_name.format(split=split))
         write_json_atomic(written[split], records)
     return written
+
+
+def split_files_main(description, convert, input_help, output_help, argv=None):
+    """The command line of a converter ``convert(input, output) -> {split: written file}``:
+    ``--input`` and ``--output``, then one ``<split>: <file>`` line per split written."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help=input_help)
+    parser.add_argument("--output", required=True, help=output_help)
+    args = parser.parse_args(argv)
+    for split, path in convert(args.input, args.output).items():
+        print(f"{split}: {path}")

@@ -9,9 +9,8 @@ Writes ``coco_karpathy_{train,val,test}.json``: train (Karpathy ``train`` + ``re
 record per caption ``{"image": "val2014/COCO_val2014_....jpg", "caption", "image_id"}``; val and
 test one record per image with all its captions (``"caption": [...]``), as LAVIS's files.
 """
-import argparse
 
-from lavis_mmict.datasets.release_formats import karpathy_split_records, write_split_files
+from lavis_mmict.datasets.release_formats import karpathy_split_records, split_files_main, write_split_files
 
 
 def convert(input_path, output_dir):
@@ -22,12 +21,8 @@ def convert(input_path, output_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="Karpathy's dataset_coco.json")
-    parser.add_argument("--output", required=True, help="folder for coco_karpathy_{train,val,test}.json")
-    args = parser.parse_args()
-    for split, path in convert(args.input, args.output).items():
-        print(f"{split}: {path}")
+    split_files_main(__doc__, convert, "Karpathy's dataset_coco.json",
+                     "folder for coco_karpathy_{train,val,test}.json")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,9 @@ Writes ``flickr30k_karpathy_{train,val,test}.json`` (29000 / 1014 / 1000 images)
 per caption ``{"image": "flickr30k-images/<filename>", "caption", "image_id"}``, val and test one
 record per image with its 5 captions; ``image_id`` is the file name without extension (the Flickr id).
 """
-import argparse
 import os
 
-from lavis_mmict.datasets.release_formats import karpathy_split_records, write_split_files
+from lavis_mmict.datasets.release_formats import karpathy_split_records, split_files_main, write_split_files
 
 IMAGE_FOLDER = "flickr30k-images"
 
@@ -26,12 +25,8 @@ def convert(input_path, output_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="Karpathy's dataset_flickr30k.json")
-    parser.add_argument("--output", required=True, help="folder for flickr30k_karpathy_{train,val,test}.json")
-    args = parser.parse_args()
-    for split, path in convert(args.input, args.output).items():
-        print(f"{split}: {path}")
+    split_files_main(__doc__, convert, "Karpathy's dataset_flickr30k.json",
+                     "folder for flickr30k_karpathy_{train,val,test}.json")
 
 
 if __name__ == "__main__":

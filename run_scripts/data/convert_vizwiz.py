@@ -11,12 +11,11 @@ Writes ``vizwiz_<split>.json`` for each split file present: ``{"image": "<split>
 "question", "question_id": file name without extension (one question per image), "image_id",
 "answer": [10 answers, "unanswerable" kept], "answer_type", "answerable"}``.
 """
-import argparse
 import os
 
 from tqdm import tqdm
 
-from lavis_mmict.datasets.release_formats import read_json, write_split_files
+from lavis_mmict.datasets.release_formats import read_json, split_files_main, write_split_files
 
 SPLITS = ("train", "val", "test")
 
@@ -51,12 +50,8 @@ def convert(input_dir, output_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="VizWiz's Annotations folder ({train,val,test}.json)")
-    parser.add_argument("--output", required=True, help="folder for vizwiz_<split>.json")
-    args = parser.parse_args()
-    for split, path in convert(args.input, args.output).items():
-        print(f"{split}: {path}")
+    split_files_main(__doc__, convert, "VizWiz's Annotations folder ({train,val,test}.json)",
+                     "folder for vizwiz_<split>.json")
 
 
 if __name__ == "__main__":
