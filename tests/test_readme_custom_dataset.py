@@ -62,9 +62,10 @@ def test_readme_custom_builder_example_trains_a_model(tmp_path):
     command = [line for line in script.splitlines()[1:] if line.strip()]
     assert len(command) == 1 and "lavis-mmict-train" in command[0]
     command = command[0].replace("PYTHONPATH=.", f"PYTHONPATH=.:{shlex.quote(REPO_ROOT)}")
-    if shutil.which("lavis-mmict-train", path=os.path.dirname(sys.executable)) is None:
-        command = command.replace("lavis-mmict-train", f"{shlex.quote(sys.executable)} "
-                                                       f"{shlex.quote(os.path.join(REPO_ROOT, 'train.py'))}")
+    # the console script of this environment (make does not put .venv/bin on PATH), else train.py
+    installed = shutil.which("lavis-mmict-train", path=os.path.dirname(sys.executable))
+    command = command.replace("lavis-mmict-train", shlex.quote(installed) if installed else (
+        f"{shlex.quote(sys.executable)} {shlex.quote(os.path.join(REPO_ROOT, 'train.py'))}"))
     command += " --options " + " ".join(TINY)
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PYTHONPATH")}
