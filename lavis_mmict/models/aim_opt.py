@@ -215,10 +215,13 @@ class AIMOpt(Blip2ICLModel):
 
         Returns the set of keys loaded. LAVIS's parameter names are this model's names.
         """
+        # a runner checkpoint holds parameters only: buffers (e.g. position_ids) are the model's own
+        buffers = {name for name, _ in self.named_buffers()}
         return load_same_names(self, url_or_path, "BLIP-2 OPT checkpoint", config_key,
                                skip=self.aim_parameter_names(), sources={
                                    "the vision encoder's own weights": lambda key: key.startswith("visual_encoder."),
                                    "the LLM's own weights": lambda key: key.startswith("opt_model."),
+                                   "the model's own buffers": lambda key: key in buffers,
                                })
 
     # ---------------------------------------------------------------- frozen parts
