@@ -148,7 +148,7 @@ SYNTHETIC_DATASET_KEYS = {
 #: web_pairs.py WebPairsICLBuilder (AIM's webdataset shards)
 WEB_PAIRS_DATASET_KEYS = {
     **LAVIS_DATASET_KEYS,
-    "build_info.shards": STR_OR_LIST, "demonstrations.num": INT, "text_field": STR,
+    "build_info.shards": STR_OR_LIST, "demonstrations.num": INT, "text_field": STR, "demo_text_field": STR,
     "demo_template": STR, "shuffle_buffer": INT, "seed": INT, "on_error": STR,
 }
 

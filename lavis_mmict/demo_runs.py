@@ -11,11 +11,11 @@ import sys
 from omegaconf import OmegaConf
 
 
-def torchrun(script, cfg_path, options=(), nproc=2):
+def torchrun(script, cfg_path, options=(), nproc=2, args=()):
     """``python -m torch.distributed.run --standalone --nproc_per_node=<nproc> <script> --cfg-path
-    <cfg_path> [--options ...]``; raises ``CalledProcessError`` when it fails."""
+    <cfg_path> [args ...] [--options ...]``; raises ``CalledProcessError`` when it fails."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           script, "--cfg-path", cfg_path]
+           script, "--cfg-path", cfg_path, *args]
     if options:
         cmd += ["--options", *options]
     subprocess.run(cmd, check=True)

@@ -89,6 +89,17 @@ def _jpeg():
     return buffer.getvalue()
 
 
+def test_demo_text_field_gives_demos_their_own_text_and_the_query_keeps_the_whole_text(tmp_path):
+    """make demo's AIM step: demos read as the eval set's ("{answer}"), the target is the whole pair text."""
+    generate_web_shards(str(tmp_path), num_shards=1, pages_per_shard=2)
+    (first, *_) = list(pipeline(str(tmp_path / "shard-00000.tar"), endless=False, demo_text_field="answer"))
+    assert first["demo_text"] and all(" " not in text and "Question" not in text for text in first["demo_text"])
+    assert first["text_output"].startswith("Question: ") and first["text_output"].split("Short answer: ")[1]
+    (plain, *_) = list(pipeline(str(tmp_path / "shard-00000.tar"), endless=False))
+    assert [text.split("Short answer: ")[1] for text in plain["demo_text"]] == first["demo_text"]
+    assert plain["text_output"] == first["text_output"]
+
+
 def test_broken_samples_raise_naming_shard_and_key_or_are_skipped(tmp_path):
     path = tmp_path / "bad.tar"
     write_bad_shard(path)

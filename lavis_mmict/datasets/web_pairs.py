@@ -133,6 +133,8 @@ class WebPairsICLDataset:
         text_processor: applied to every text (query target and demonstrations).
         num_demos: K, demonstrations per query (sequences have K + 1 pairs).
         text_field: json field holding the text when a sample has no ``.txt``.
+        demo_text_field: json field holding a demonstration's text (None: ``text_field``), e.g. a
+            short answer for demos while the query's target is the whole text.
         demo_template: demo text from the pair's text, ``{text}`` is replaced.
         shuffle_buffer: sequences mixed in a buffer of this size (0: shard order).
         seed: shard order and buffer seed.
@@ -142,7 +144,7 @@ class WebPairsICLDataset:
 
     def __init__(self, shards, vis_processor, demo_vis_processor, text_processor, num_demos=4,
                  text_field="caption", demo_template="{text}", shuffle_buffer=100, seed=0,
-                 on_error="skip", endless=True):
+                 on_error="skip", endless=True, demo_text_field=None):
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if int(num_demos) < 0:
@@ -153,6 +155,7 @@ class WebPairsICLDataset:
         self.text_processor = text_processor
         self.num_demos = int(num_demos)
         self.text_field = text_field
+        self.demo_text_field = demo_text_field or text_field
         self.demo_template = demo_template
         self.on_error = on_error
         handler = wds.reraise_exception if on_error == "raise" else wds.warn_and_continue
@@ -183,12 +186,13 @@ class WebPairsICLDataset:
             except Exception as err:
                 raise WebShardError(f"{where}: unreadable .{image_key} image ({err})") from None
             if "txt" in sample:
-                text = sample["txt"].decode("utf-8")
+                text = demo_text = sample["txt"].decode("utf-8")
             elif "json" in sample:
                 record = json.loads(sample["json"].decode("utf-8"))
-                if self.text_field not in record:
-                    raise WebShardError(f"{where}: .json has no {self.text_field!r} field (text_field)")
-                text = str(record[self.text_field])
+                for field, key in ((self.text_field, "text_field"), (self.demo_text_field, "demo_text_field")):
+                    if field not in record:
+                        raise WebShardError(f"{where}: .json has no {field!r} field ({key})")
+                text, demo_text = str(record[self.text_field]), str(record[self.demo_text_field])
             else:
                 raise WebShardError(f"{where}: no text (.txt or .json)")
         except WebShardError:
@@ -196,7 +200,7 @@ class WebPairsICLDataset:
                 raise
             logging.warning("web_pairs_icl: skipping a sample", exc_info=True)
             return None
-        return {"image": image, "text": text.strip(), "__key__": sample.get("__key__"),
+        return {"image": image, "text": text.strip(), "demo_text": demo_text.strip(), "__key__": sample.get("__key__"),
                 "__url__": sample.get("__url__")}
 
     def to_item(self, run):
@@ -207,7 +211,7 @@ class WebPairsICLDataset:
             demo_image = torch.stack([self.demo_vis_processor(d["image"]) for d in demos]).unsqueeze(1)
         else:
             demo_image = image.new_zeros((0,) + tuple(image.shape))
-        demo_text = list(self.demo_template.replace("{text}", self.text_processor(d["text"])) for d in demos)
+        demo_text = list(self.demo_template.replace("{text}", self.text_processor(d["demo_text"])) for d in demos)
         return {
             "image": image,
             "text_input": "",
@@ -223,7 +227,7 @@ class WebPairsICLDataset:
 class WebPairsICLBuilder(BaseDatasetBuilder):
     """Image-text web shards as in-context sequences (train split); see the module docstring.
 
-    Config keys: ``build_info.shards``, ``demonstrations.num`` (K), ``text_field``,
+    Config keys: ``build_info.shards``, ``demonstrations.num`` (K), ``text_field``, ``demo_text_field``,
     ``demo_template``, ``shuffle_buffer``, ``seed``, ``on_error``, processors.
     """
 
@@ -250,6 +254,7 @@ class WebPairsICLBuilder(BaseDatasetBuilder):
             text_processor=self.text_processors["train"],
             num_demos=int(demo_cfg.get("num", 4)),
             text_field=self.config.get("text_field", "caption"),
+            demo_text_field=self.config.get("demo_text_field", None),
             demo_template=self.config.get("demo_template", "{text}"),
             shuffle_buffer=int(self.config.get("shuffle_buffer", 100)),
             seed=int(self.config.get("seed", 0)),
@@ -271,7 +276,7 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
     code word); its 4 pairs are frames of the scene with its 4 QA texts, in the demo-text format
     of ``synthetic_videoqa_icl`` ("Question: ... Short answer: ..."), in a random order. So a
     query's code word can only be read from the pairs before it, as in AIM's interleaved data.
-    ``text_format``: ``json`` (``{"caption": ...}``), ``txt``, or ``both``. Deterministic in its
+    ``text_format``: ``json`` (``{"caption": ..., "answer": <the answer alone>}``), ``txt``, or ``both``. Deterministic in its
     arguments; returns the shard paths (a finished shard with the same content is rewritten).
     ``progress``: a progress bar (pages, with the time left) on stderr.
     """
@@ -299,7 +304,7 @@ def generate_web_shards(root: str, num_shards: int = 4, pages_per_shard: int = 1
                     if text_format in ("txt", "both"):
                         sample["txt"] = text
                     if text_format in ("json", "both"):
-                        sample["json"] = {"caption": text, "page": page_index}
+                        sample["json"] = {"caption": text, "answer": str(scene[field]), "page": page_index}
                     writer.write(sample)
                 bar.update()
         paths.append(path)

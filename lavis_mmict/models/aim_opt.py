@@ -215,6 +215,7 @@ class AIMOpt(Blip2ICLModel):
 
         Returns the set of keys loaded. LAVIS's parameter names are this model's names.
         """
+        # (a runner checkpoint holds parameters only: load_same_names takes buffers as the model's own)
         return load_same_names(self, url_or_path, "BLIP-2 OPT checkpoint", config_key,
                                skip=self.aim_parameter_names(), sources={
                                    "the vision encoder's own weights": lambda key: key.startswith("visual_encoder."),
