@@ -135,3 +135,23 @@ def test_load_model_checkpoint_fills_a_finetuned_type(tmp_path, monkeypatch):
     monkeypatch.setitem(MMICTBlip2.PRETRAINED_MODEL_CONFIG_DICT, "finetuned_tiny_t5", str(cfg_path))
     loaded = lavis_mmict.load_model("mmict_blip2", "finetuned_tiny_t5", checkpoint=str(path))
     assert torch.equal(loaded.llm_proj.bias, trained.llm_proj.bias)
+
+
+def test_spare_vocabulary_rows_decode_as_nothing():
+    """OPT keeps more embedding rows than tokens (tiny: 1032 for its tokenizer): a random model can
+    emit a spare row, which the tokenizer cannot decode; generation still returns text."""
+    torch.manual_seed(0)
+    model = lavis_mmict.load_model("mmict_blip2", "tiny", is_eval=True)
+    spare = len(model.llm_tokenizer)
+    assert model.llm_model.get_output_embeddings().weight.shape[0] > spare
+    # make the first spare row the most likely next token everywhere
+    def favour_spare_row(module, inputs, logits):
+        logits[..., spare] = logits.max() + 10.0
+        return logits
+
+    model.llm_model.get_output_embeddings().register_forward_hook(favour_spare_row)
+    with recording_generate(model) as calls:
+        answers = model.generate(make_batch(), num_beams=1, min_length=2, max_length=2)
+    ((_, out),) = calls
+    assert (out[:, 1:] == spare).any()  # the spare row was generated...
+    assert all(isinstance(answer, str) for answer in answers)  # ...and decoded as nothing

@@ -382,6 +382,10 @@ class Blip2ICLModel(Blip2Base):
                 eos_token_id=self.answer_end_id,
                 pad_token_id=self.llm_tokenizer.pad_token_id,
             )
+        # The LLM's spare vocabulary rows (OPT: 50272 rows for 50265 tokens) have no token: a
+        # random or barely trained model can emit them, and the tokenizer cannot decode them.
+        spare = new_tokens >= len(self.llm_tokenizer)
+        new_tokens = new_tokens.masked_fill(spare, self.llm_tokenizer.pad_token_id)
         texts = self.llm_tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [text.strip() for text in texts]
 
