@@ -105,6 +105,21 @@ def test_a_runner_checkpoint_without_buffers_loads_as_a_base(tmp_path):
         build_aim(pretrained=str(path))
 
 
+def test_a_base_trained_with_one_projection_loads_under_another(tmp_path):
+    """The base's own projection (linear, trained with the base) is AIM's, not the base's: an mlp
+    AIM neither reads nor expects it."""
+    from lavis_mmict.checkpoints import trainable_state_dict
+
+    base = build_aim(projection="linear")
+    for parameter in base.parameters():
+        parameter.requires_grad_(True)
+    path = tmp_path / "base.pth"
+    torch.save({"model": trainable_state_dict(base)}, path)
+    loaded = build_aim(projection="mlp", pretrained=str(path))
+    assert torch.equal(loaded.opt_proj.weight, base.opt_proj.weight)
+    assert not any(name == "projection.weight" for name, _ in loaded.named_parameters())
+
+
 def test_a_text_file_as_checkpoint_is_a_checkpoint_error_naming_it(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("these are my notes, not a checkpoint\n")

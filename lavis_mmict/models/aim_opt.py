@@ -207,6 +207,12 @@ class AIMOpt(Blip2ICLModel):
         """Names of AIM's own parameters (projection, separator), never taken from a base checkpoint."""
         return {"separator_embed"} | {f"projection.{name}" for name, _ in self.projection.named_parameters()}
 
+    @staticmethod
+    def is_aim_parameter(name):
+        """AIM's own parameters under any ``model.projection`` (a base trained by train.py holds
+        its own projection, e.g. linear, which an mlp model neither reads nor expects)."""
+        return name == "separator_embed" or name.startswith("projection.")
+
     def load_base_checkpoint(self, url_or_path, config_key="pretrained"):
         """Load the base's weights from a LAVIS BLIP-2 OPT checkpoint (or one of our runner
         checkpoints, e.g. a base trained with freeze_* off), strictly (models/blip2_checkpoint.py):
@@ -217,7 +223,7 @@ class AIMOpt(Blip2ICLModel):
         """
         # (a runner checkpoint holds parameters only: load_same_names takes buffers as the model's own)
         return load_same_names(self, url_or_path, "BLIP-2 OPT checkpoint", config_key,
-                               skip=self.aim_parameter_names(), sources={
+                               skip=self.is_aim_parameter, sources={
                                    "the vision encoder's own weights": lambda key: key.startswith("visual_encoder."),
                                    "the LLM's own weights": lambda key: key.startswith("opt_model."),
                                })

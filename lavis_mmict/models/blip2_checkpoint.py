@@ -136,16 +136,16 @@ def read_qformer_text_branch(url_or_path, qformer_prefix, own_state):
     return path, found
 
 
-def load_same_names(model, url_or_path, description, config_key, skip=(), sources=None):
-    """Load, strictly, a checkpoint whose names are the model's, except the names in ``skip``
+def load_same_names(model, url_or_path, description, config_key, skip=lambda key: False, sources=None):
+    """Load, strictly, a checkpoint whose names are the model's, except the names ``skip(name)`` is true for
     (they are neither read nor required); vocabulary tables are fitted. ``sources`` (see
     ``check_coverage``) names where the keys the file lacks come from. Returns the set of names loaded.
     """
     path, state_dict = read_state_dict(url_or_path, description, config_key)
     own = model.state_dict()
-    usable = fit_vocabulary_rows({k: v for k, v in state_dict.items() if k not in skip}, own)
+    usable = fit_vocabulary_rows({k: v for k, v in state_dict.items() if not skip(k)}, own)
     sources = dict(sources or {}, **own_buffers_source(model),
-                   **{"the model's own parameters (skipped)": lambda key: key in skip})
+                   **{"the model's own parameters (skipped)": skip})
     counts = check_coverage(path, config_key, usable, own, sources)
     model.load_state_dict(usable, strict=False)
     logging.info("loaded %s: %s", path, counts)
