@@ -1,5 +1,6 @@
 """One sharded, batched pass over a list of media: what the pool feature store (models/pool_store.py)
-and the ``similar`` strategy's features (datasets/similarity.py) both extract with.
+and the ``similar`` strategy's features (datasets/similarity.py) both extract with, and what the
+media check (runners/media_check.py) probes files with.
 
 Each rank takes every ``world``-th item (rank r: items r, r + world, ...), reads them through a
 DataLoader with worker processes (decoding runs beside the encoder), stacks them in batches and
@@ -8,7 +9,7 @@ share (every rank has about as many items). How the ranks' results are gathered 
 caller's: each writes its share, then ``barrier()``.
 """
 import logging
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -33,38 +34,61 @@ def barrier():
         dist.barrier()
 
 
-class _MediaShard(Dataset):
-    """Items ``positions`` of a media list: position -> (position, frames (F, 3, H, W) or None when
-    unreadable and ``skip_bad_media``)."""
+class _Shard(Dataset):
+    """Items ``positions`` of a list: index -> (position, ``read(position)``)."""
 
-    def __init__(self, positions: Sequence[int], load: Callable[[int], torch.Tensor], name: str,
-                 skip_bad_media: bool):
-        self.positions, self.load, self.name, self.skip_bad_media = list(positions), load, name, skip_bad_media
+    def __init__(self, positions: Sequence[int], read: Callable[[int], Any]):
+        self.positions, self.read = list(positions), read
 
     def __len__(self):
         return len(self.positions)
 
     def __getitem__(self, index):
         position = self.positions[index]
+        return position, self.read(position)
+
+
+def shard_results(count: int, read: Callable[[int], Any], batch_size: int, num_workers: int, name: str,
+                  unit: str = "item", progress: bool = True) -> Iterator[List[Tuple[int, Any]]]:
+    """This rank's share of items 0..count-1 (rank r: r, r + world, ...), each ``read(position)`` by
+    one of ``num_workers`` DataLoader worker processes (no more than there are batches).
+
+    Yields batches [(position, read(position))] of up to ``batch_size``; rank 0 shows a tqdm bar
+    ``name (rank r/world)`` counting ``unit``s. The caller gathers the ranks' results.
+    """
+    from tqdm import tqdm
+
+    rank, world = rank_and_world()
+    shard = _Shard(range(rank, count, world), read)
+    batch_size = max(1, int(batch_size))
+    workers = min(max(0, int(num_workers)), -(-len(shard) // batch_size))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=list)
+    with tqdm(total=len(shard), desc=f"{name} (rank {rank}/{world})", unit=unit,
+              disable=rank != 0 or not progress or len(shard) == 0) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch))
+
+
+class _ReadOrSkip:
+    """position -> frames (F, 3, H, W), or None when unreadable and ``skip_bad_media`` (logged)."""
+
+    def __init__(self, load: Callable[[int], torch.Tensor], name: str, skip_bad_media: bool):
+        self.load, self.name, self.skip_bad_media = load, name, skip_bad_media
+
+    def __call__(self, position):
         try:
-            return position, self.load(position)
+            return self.load(position)
         except MediaError as error:
             if not self.skip_bad_media:
                 raise
             logging.warning("%s: skipping unreadable media: %s", self.name, error)
-            return position, None
-
-
-def _collate(items):
-    read = [(position, frames) for position, frames in items if frames is not None]
-    failed = [position for position, frames in items if frames is None]
-    frames = torch.stack([frames for _, frames in read]) if read else None
-    return [position for position, _ in read], frames, failed
+            return None
 
 
 def shard_batches(count: int, load: Callable[[int], torch.Tensor], batch_size: int, num_workers: int,
                   name: str, skip_bad_media: bool = False) -> Iterator[Tuple[List[int], torch.Tensor, List[int]]]:
-    """This rank's share of items 0..count-1, in batches read by ``num_workers`` worker processes.
+    """This rank's share of media items 0..count-1 (:func:`shard_results`), frames stacked per batch.
 
     Args:
         load: item position -> processed frames (F, 3, H, W) (may raise MediaError).
@@ -72,14 +96,8 @@ def shard_batches(count: int, load: Callable[[int], torch.Tensor], batch_size: i
     Yields (positions (b,), frames (b, F, 3, H, W) or None when all b failed, failed positions):
     ``failed`` are unreadable items (only with ``skip_bad_media``; otherwise MediaError propagates).
     """
-    from tqdm import tqdm
-
-    rank, world = rank_and_world()
-    shard = _MediaShard(range(rank, count, world), load, name, skip_bad_media)
-    loader = DataLoader(shard, batch_size=max(1, int(batch_size)), shuffle=False,
-                        num_workers=max(0, int(num_workers)), collate_fn=_collate)
-    with tqdm(total=len(shard), desc=f"{name} (rank {rank}/{world})", unit="clip",
-              disable=rank != 0 or len(shard) == 0) as progress:
-        for positions, frames, failed in loader:
-            yield positions, frames, failed
-            progress.update(len(positions) + len(failed))
+    for batch in shard_results(count, _ReadOrSkip(load, name, skip_bad_media), batch_size, num_workers,
+                               name, unit="clip"):
+        read = [(position, frames) for position, frames in batch if frames is not None]
+        failed = [position for position, frames in batch if frames is None]
+        yield [position for position, _ in read], torch.stack([f for _, f in read]) if read else None, failed

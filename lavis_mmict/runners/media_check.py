@@ -19,29 +19,25 @@ import os
 import time
 
 import torch.distributed as dist
-from lavis.common.dist_utils import get_rank, get_world_size
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from lavis.common.dist_utils import get_rank
 
 from lavis_mmict.atomic import write_json_atomic
 from lavis_mmict.datasets.media import MediaError, probe_media
 from lavis_mmict.datasets.records import _identity as record_identity
+from lavis_mmict.datasets.sharded_media import rank_and_world, shard_results
 
 # Files per probe batch handed to a DataLoader worker, and bad files listed in the error message.
 PROBE_BATCH = 8
 MAX_LISTED = 20
 
 
-class _ProbeFiles(Dataset):
-    """Item i: None when file i reads, else the reason (a MediaError message naming the path)."""
+class _ProbeReason:
+    """File i of ``files`` -> None when it reads, else the reason (a MediaError message naming the path)."""
 
     def __init__(self, files):
         self.files = files  # [(path, is_video)]
 
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, index):
+    def __call__(self, index):
         path, is_video = self.files[index]
         try:
             probe_media(path, is_video)
@@ -50,30 +46,16 @@ class _ProbeFiles(Dataset):
         return None
 
 
-def _as_list(batch):
-    return batch
-
-
 def probe_files(files, num_workers=0, progress=True):
     """``{index in files: reason}`` of the unreadable ones among ``files`` ([(path, is_video)]);
     this rank probes every world-size-th file, the results of all ranks are gathered (a collective:
     call on every rank with the same ``files``)."""
-    distributed = dist.is_initialized() and get_world_size() > 1
-    rank, world = (get_rank(), get_world_size()) if distributed else (0, 1)
-    mine = list(range(rank, len(files), world))
-    workers = min(int(num_workers), -(-len(mine) // PROBE_BATCH))
-    loader = DataLoader(_ProbeFiles([files[i] for i in mine]), batch_size=PROBE_BATCH,
-                        num_workers=workers, collate_fn=_as_list)
-    bad, done = {}, 0
-    with tqdm(total=len(mine), desc=f"media check (rank {rank} of {world})", unit="file",
-              disable=rank != 0 or not progress) as bar:
-        for reasons in loader:
-            for offset, reason in enumerate(reasons):
-                if reason is not None:
-                    bad[mine[done + offset]] = reason
-            done += len(reasons)
-            bar.update(len(reasons))
-    if distributed:
+    bad = {index: reason
+           for batch in shard_results(len(files), _ProbeReason(files), PROBE_BATCH, num_workers, "media check",
+                                      unit="file", progress=progress)
+           for index, reason in batch if reason is not None}
+    _, world = rank_and_world()
+    if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, bad)
         bad = {index: reason for part in gathered for index, reason in part.items()}
