@@ -203,15 +203,16 @@ class AIMOpt(Blip2ICLModel):
         model.separator_embed.data.copy_(model.token_embedding_row(model.separator_id))
         return model
 
-    def aim_parameter_names(self):
-        """Names of AIM's own parameters (projection, separator), never taken from a base checkpoint."""
-        return {"separator_embed"} | {f"projection.{name}" for name, _ in self.projection.named_parameters()}
-
     @staticmethod
     def is_aim_parameter(name):
-        """AIM's own parameters under any ``model.projection`` (a base trained by train.py holds
-        its own projection, e.g. linear, which an mlp model neither reads nor expects)."""
+        """AIM's own parameters (projection, separator), never taken from a base checkpoint, under
+        any ``model.projection`` (a base trained by train.py holds its own projection, e.g. linear,
+        which an mlp model neither reads nor expects)."""
         return name == "separator_embed" or name.startswith("projection.")
+
+    def aim_parameter_names(self):
+        """Names of this model's AIM parameters."""
+        return {name for name, _ in self.named_parameters() if self.is_aim_parameter(name)}
 
     def load_base_checkpoint(self, url_or_path, config_key="pretrained"):
         """Load the base's weights from a LAVIS BLIP-2 OPT checkpoint (or one of our runner
